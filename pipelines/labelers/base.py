@@ -1,0 +1,59 @@
+"""The labeller interface: image + text queries -> candidate boxes with per-query scores.
+
+Every labeller (`owlvit`, `reference`) returns raw candidates; thresholding, NMS, the per-image cap
+and phrase assignment happen once, in `pipelines.postprocess`, so both labellers share that logic.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class LabelerInput:
+    """One image to label.
+
+    Attributes:
+      image: uint8[H, W, 3] RGB pixels of the stored image.
+      queries: the image's text queries (n-grams of its alt-text, maybe plus categories).
+      metadata: the sample's JSON metadata (the `reference` labeller reads ground truth from it).
+    """
+
+    key: str
+    image: np.ndarray
+    queries: list[str]
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Detections:
+    """Candidate boxes for one image.
+
+    Attributes:
+      boxes: float32[P, 4] normalized [ymin, xmin, ymax, xmax] of the original (unpadded) image.
+      scores: float32[P, Q] score in [0, 1] of every box for every query (Q = len(queries)).
+      objectness: float32[P] or None (OWL-ViT v2 only).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    objectness: np.ndarray | None = None
+
+
+class Labeler(abc.ABC):
+    """Loaded once per worker; `detect` is called on batches."""
+
+    name: str = "labeler"
+
+    @property
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """Name + checkpoint hash, recorded in every record and the manifest."""
+
+    @abc.abstractmethod
+    def detect(self, batch: list[LabelerInput]) -> list[Detections]:
+        """Returns one Detections per input, in order. Zero queries gives zero-column scores."""
