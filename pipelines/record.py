@@ -259,4 +259,3 @@ def boxes_from_xywh(xywh: np.ndarray, height: int, width: int) -> np.ndarray:
     x, y, w, h = xywh.T
     out = np.stack([y / height, x / width, (y + h) / height, (x + w) / width], -1)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
-
