@@ -1,0 +1,242 @@
+"""`make demo`: the whole system end to end, offline, on the built-in sample corpus.
+
+    python infra/demo.py            # what `make demo` runs (after creating .venv)
+    FRESH=1 python infra/demo.py    # redo every stage instead of reusing finished ones
+
+Every stage is its real command (the same one a user runs in the cloud), called in turn as a
+subprocess; its output goes to the terminal and to runs/demo/logs/<stage>.log. A finished stage is
+recorded in runs/demo/stages/<stage>.json with its command and reused on the next run while the command
+is unchanged. Training resumes from its own checkpoints, so Ctrl-C and `make demo` again continues
+where it stopped. A failing stage stops the demo with its name, log path and the command to rerun it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_DIR = Path(os.environ.get("DEMO_DIR", ROOT / "runs" / "demo"))
+PY = sys.executable
+
+# Sizes: the demo's budget on a 2-core CPU (README.md has the measured timings).
+NUM_TRAIN = int(os.environ.get("DEMO_NUM_TRAIN", 3000))
+NUM_EVAL = int(os.environ.get("DEMO_NUM_EVAL", 400))
+TRAIN_STEPS = int(os.environ.get("DEMO_TRAIN_STEPS", 0))  # 0: the config's own default
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    cmd: list[str]
+    description: str
+    deps: tuple[str, ...] = ()
+
+    @property
+    def marker(self) -> Path:
+        return RUN_DIR / "stages" / f"{self.name}.json"
+
+    @property
+    def log(self) -> Path:
+        return RUN_DIR / "logs" / f"{self.name}.log"
+
+    def shell(self) -> str:
+        return " ".join(shlex.quote(c if c != PY else "python") for c in self.cmd)
+
+    def is_done(self) -> bool:
+        if not self.marker.exists():
+            return False
+        return json.loads(self.marker.read_text()).get("command") == self.shell()
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def stages() -> list[Stage]:
+    corpus, shards = RUN_DIR / "corpus", RUN_DIR / "shards"
+    tok = RUN_DIR / "tokenizer" / "tok.model"
+    labeler = ["--labeler", "reference"]
+    if os.environ.get("OWLVIT_CHECKPOINT"):
+        labeler = ["--labeler", "owlvit", "--owlvit_checkpoint", os.environ["OWLVIT_CHECKPOINT"]]
+    train_common = [
+        f"--config.data.train_glob={_rel(shards)}/train-*.array_record",
+        f"--config.tokenizer={_rel(tok)}",
+    ]
+    if TRAIN_STEPS:
+        train_common.append(f"--config.total_steps={TRAIN_STEPS}")
+    out = [
+        Stage(
+            "corpus",
+            [
+                PY,
+                "pipelines/sample_corpus.py",
+                "--output",
+                _rel(corpus),
+                "--num_train",
+                str(NUM_TRAIN),
+                "--num_eval",
+                str(NUM_EVAL),
+                "--seed",
+                "0",
+            ],
+            "build the synthetic web corpus and held-out RefCOCO-style splits",
+        ),
+        Stage(
+            "annotate",
+            [
+                PY,
+                "pipelines/annotate.py",
+                "--input",
+                f"{_rel(corpus)}/web/*.tar",
+                "--output",
+                _rel(shards),
+                "--num_shards",
+                "4",
+                *labeler,
+            ],
+            "pseudo-label the corpus with the Beam pipeline and write ArrayRecord shards",
+            deps=("corpus",),
+        ),
+        Stage(
+            "tokenizer",
+            [
+                PY,
+                "pipelines/train_tokenizer.py",
+                "--input",
+                f"{_rel(shards)}/train-*.array_record",
+                "--output",
+                _rel(tok),
+                "--vocab_size",
+                "1800",
+            ],
+            "train the SentencePiece tokenizer with the 1024 location tokens",
+            deps=("annotate",),
+        ),
+    ]
+    for name, config in (("locca", "tiny"), ("cap", "cap_tiny")):
+        out.append(
+            Stage(
+                f"train_{name}",
+                [
+                    PY,
+                    "training/run.py",
+                    f"--config=training/configs/locca.py:{config}",
+                    f"--workdir={_rel(RUN_DIR / name)}",
+                    *train_common,
+                ],
+                f"train {'LocCa' if name == 'locca' else 'the plain captioner baseline'} ({config})",
+                deps=("tokenizer",),
+            )
+        )
+    for name in ("locca", "cap"):
+        out.append(
+            Stage(
+                f"eval_{name}",
+                [
+                    PY,
+                    "evaluation/run.py",
+                    f"--workdir={_rel(RUN_DIR / name)}",
+                    "--config=evaluation/configs/demo.py",
+                    f"--config.data_dir={_rel(corpus / 'eval')}",
+                ],
+                f"evaluate the {name} checkpoints (REC, frozen-encoder transfer, CIDEr)",
+                deps=(f"train_{name}",),
+            )
+        )
+    out.append(
+        Stage(
+            "report",
+            [PY, "infra/demo_report.py", "--run_dir", _rel(RUN_DIR)],
+            "write runs/demo/report.html and report.json",
+            deps=("eval_locca", "eval_cap"),
+        )
+    )
+    return out
+
+
+def _run(stage: Stage) -> int:
+    stage.log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A new session keeps the terminal's Ctrl-C away from the child: we forward SIGTERM instead,
+    # which the trainer treats as preemption (checkpoint, exit 0).
+    with open(stage.log, "a") as log:
+        log.write(f"\n$ {stage.shell()}\n")
+        proc = subprocess.Popen(
+            stage.cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                sys.stdout.write(f"  [{stage.name}] {line}")
+                sys.stdout.flush()
+            return proc.wait()
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: stopping {stage.name} cleanly (it saves a checkpoint) ...")
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            print("run `make demo` again to continue from here.")
+            raise SystemExit(130) from None
+
+
+def main() -> int:
+    fresh = os.environ.get("FRESH") == "1"
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    all_stages = stages()
+    t_start = time.time()
+    timings = {}
+    redone: set[str] = set()  # a stage whose input was redone is redone too
+    for i, stage in enumerate(all_stages, 1):
+        header = f"[{i}/{len(all_stages)}] {stage.name}: {stage.description}"
+        if not fresh and stage.is_done() and not redone.intersection(stage.deps):
+            print(f"{header} -- done earlier, reusing (FRESH=1 redoes it)")
+            timings[stage.name] = json.loads(stage.marker.read_text()).get("seconds")
+            continue
+        print(f"{header}\n  $ {stage.shell()}")
+        t0 = time.time()
+        rc = _run(stage)
+        if rc != 0:
+            print(
+                f"\ndemo stopped: stage '{stage.name}' failed with exit code {rc}.\n"
+                f"  log:   {_rel(stage.log)}\n  rerun: {stage.shell()}",
+                file=sys.stderr,
+            )
+            return 1
+        timings[stage.name] = round(time.time() - t0, 1)
+        redone.add(stage.name)
+        stage.marker.parent.mkdir(parents=True, exist_ok=True)
+        stage.marker.write_text(
+            json.dumps({"command": stage.shell(), "seconds": timings[stage.name]}, indent=1)
+        )
+    (RUN_DIR / "timings.json").write_text(
+        json.dumps(
+            {"stages": timings, "this_run_seconds": round(time.time() - t_start, 1)}, indent=1
+        )
+    )
+    print(f"\ndemo finished in {time.time() - t_start:.0f} s: open {_rel(RUN_DIR / 'report.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
