@@ -1,0 +1,302 @@
+"""LocCa's three tasks as token sequences, and their inverse. Pure numpy, no framework.
+
+Sequence layout (L = max_len, the config's text length, default 64):
+  seq = [BOS] + prefix + target + [EOS], padded with pad_id to L + 1
+  inputs = seq[:-1], targets = seq[1:]                         int32[L]
+  loss_mask[i] = 1 exactly where targets[i] is a target token or the EOS   float32[L]
+
+  task  prefix  target                          why this order
+  cap   "cap"   alt-text
+  aref  "aref"  "{phrase} :" + box             predict the box from the phrase (REC at test time)
+  gcap  "gcap"  box + ": {phrase}"             predict the phrase for a box
+A box is four location tokens <loc y1><loc x1><loc y2><loc x2>. The text parts are encoded on their
+own and the box ids are appended directly: encoding "dog : <loc…>" as one string would spend a lone
+"▁" piece before the box (SentencePiece turns the space into its own piece). Decoded to text the
+targets read "dog :<loc…>…" and "<loc…>… : dog".
+
+Quantization: bin = clip(floor(v * 1024), 0, 1023); a bin decodes to its centre (bin + 0.5) / 1024,
+so a decoded coordinate is within half a bin (< 1/1024) of the original.
+
+Truncation shortens only text (caption or phrase) and always keeps the box and the EOS; a location
+task whose prefix + box cannot fit at all is dropped for that example (all-zero loss mask).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+TASKS = ("cap", "aref", "gcap")
+NUM_BINS = 1024
+SEPARATOR = ":"
+
+
+class TokenizerLike(Protocol):
+    pad_id: int
+    eos_id: int
+    bos_id: int
+    loc_start: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+# ---------------------------------------------------------------------------------------- boxes
+
+
+def box_to_bins(box: Sequence[float]) -> np.ndarray:
+    """float[4] normalized [ymin, xmin, ymax, xmax] -> int[4] bins in [0, 1023]."""
+    v = np.asarray(box, np.float64).reshape(4)
+    return np.clip(np.floor(v * NUM_BINS), 0, NUM_BINS - 1).astype(np.int64)
+
+
+def box_to_tokens(box: Sequence[float], loc_start: int) -> list[int]:
+    """float[4] normalized box -> the 4 location ids (y1 x1 y2 x2)."""
+    return [int(b) + loc_start for b in box_to_bins(box)]
+
+
+def tokens_to_box(ids: Sequence[int], loc_start: int) -> np.ndarray | None:
+    """4 location ids -> float32[4] box at bin centres, or None when malformed.
+
+    Malformed: not exactly 4 ids, any id not a location token, or ymin > ymax / xmin > xmax.
+    """
+    if len(ids) != 4:
+        return None
+    bins = np.asarray([int(i) for i in ids]) - loc_start
+    if np.any(bins < 0) or np.any(bins >= NUM_BINS):
+        return None
+    if bins[0] > bins[2] or bins[1] > bins[3]:
+        return None
+    return ((bins + 0.5) / NUM_BINS).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------- formatting
+
+
+@dataclasses.dataclass(frozen=True)
+class Formatted:
+    """One task of one example: inputs/targets int32[L], loss_mask float32[L]."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    loss_mask: np.ndarray
+
+
+def _cached(tok: TokenizerLike, text: str) -> list[int]:
+    """Ids of a fixed string (task prefix, separator), encoded once per tokenizer."""
+    cache = tok.__dict__.setdefault("_locca_ids_cache", {})
+    if text not in cache:
+        cache[text] = tok.encode(text)
+    return cache[text]
+
+
+def _prefix(tok: TokenizerLike, task: str) -> list[int]:
+    return _cached(tok, task)
+
+
+def _pack(tok: TokenizerLike, prefix: list[int], target: list[int], max_len: int, active: bool):
+    seq = [tok.bos_id, *prefix, *target] + ([tok.eos_id] if active else [])
+    if len(seq) > max_len + 1:
+        raise ValueError(f"sequence of {len(seq)} tokens does not fit max_len={max_len}")
+    arr = np.full(max_len + 1, tok.pad_id, np.int32)
+    arr[: len(seq)] = seq
+    mask = np.zeros(max_len, np.float32)
+    if active:
+        mask[len(prefix) : len(prefix) + len(target) + 1] = 1.0  # target tokens and the EOS
+    return Formatted(arr[:-1].copy(), arr[1:].copy(), mask)
+
+
+def empty(task: str, tok: TokenizerLike, max_len: int) -> Formatted:
+    """A task this example does not train: [BOS] + prefix, all-zero loss mask.
+
+    Not all-pad: the decoder masks pad keys, and a row with every key masked would be NaN-prone.
+    """
+    return _pack(tok, _prefix(tok, task)[: max_len - 1], [], max_len, active=False)
+
+
+def target_ids(
+    task: str,
+    tok: TokenizerLike,
+    *,
+    caption: str = "",
+    phrase: str = "",
+    box: Sequence[float] | None = None,
+    budget: int | None = None,
+) -> list[int] | None:
+    """Target ids of one task, text truncated to `budget` tokens in total; None if the box won't fit."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if task == "cap":
+        ids = tok.encode(caption)
+        return ids if budget is None else ids[:budget]
+    if box is None:
+        raise ValueError(f"task {task!r} needs a box")
+    box_ids = box_to_tokens(box, tok.loc_start)
+    sep = _cached(tok, SEPARATOR)
+    # SentencePiece never merges across a space, so encode("dog :") == encode("dog") + encode(":").
+    text = tok.encode(phrase)
+    if budget is not None:
+        text = text[: max(budget - 4 - len(sep), 0)]
+    if not text:
+        return None  # No room for even one phrase token: the task is dropped, not faked.
+    if task == "aref":
+        return text + sep + box_ids
+    return box_ids + sep + text  # gcap
+
+
+def format_task(
+    task: str,
+    tok: TokenizerLike,
+    *,
+    max_len: int = 64,
+    caption: str = "",
+    phrase: str = "",
+    box: Sequence[float] | None = None,
+) -> Formatted:
+    """Formats one task. Text beyond max_len is cut; a box never is (see module docstring)."""
+    prefix = _prefix(tok, task)
+    budget = max_len - len(prefix) - 1  # room for target tokens; BOS and EOS take the rest
+    if budget < 0:
+        return empty(task, tok, max_len)
+    target = target_ids(task, tok, caption=caption, phrase=phrase, box=box, budget=budget)
+    if target is None:
+        return empty(task, tok, max_len)
+    return _pack(tok, prefix, target, max_len, active=True)
+
+
+def choose_tasks(
+    rng: np.random.Generator, has_regions: bool, task_mix: str, weights: dict[str, float]
+) -> tuple[str, ...]:
+    """Which tasks this example trains. "all": every available one; "sample": one, by weight."""
+    available = TASKS if has_regions else ("cap",)
+    if task_mix == "all":
+        return available
+    if task_mix != "sample":
+        raise ValueError(f"task_mix must be 'all' or 'sample', got {task_mix!r}")
+    w = np.asarray([float(weights.get(t, 0.0)) for t in available])
+    if w.sum() <= 0:
+        return ("cap",)
+    return (available[int(rng.choice(len(available), p=w / w.sum()))],)
+
+
+def format_example(
+    tok: TokenizerLike,
+    rng: np.random.Generator,
+    *,
+    caption: str,
+    boxes: np.ndarray,
+    phrases: Sequence[str],
+    max_len: int = 64,
+    task_mix: str = "all",
+    task_weights: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """All tasks of one example, keyed "{task}/inputs|targets|loss_mask", plus "has_regions".
+
+    boxes: float[N, 4] normalized; one region is drawn independently for each location task.
+    """
+    has_regions = len(phrases) > 0
+    weights = task_weights or {t: 1.0 for t in TASKS}
+    chosen = choose_tasks(rng, has_regions, task_mix, weights)
+    # Draw both regions whatever was chosen, so the rng stream does not depend on the task mix.
+    picks = rng.integers(0, len(phrases), size=2) if has_regions else (0, 0)
+    out: dict[str, Any] = {"has_regions": np.bool_(has_regions)}
+    for task in TASKS:
+        if task not in chosen:
+            f = empty(task, tok, max_len)
+        elif task == "cap":
+            f = format_task("cap", tok, max_len=max_len, caption=caption)
+        else:
+            i = int(picks[0 if task == "aref" else 1])
+            f = format_task(task, tok, max_len=max_len, phrase=phrases[i], box=boxes[i])
+        out[f"{task}/inputs"], out[f"{task}/targets"] = f.inputs, f.targets
+        out[f"{task}/loss_mask"] = f.loss_mask
+    return out
+
+
+def parallel_inputs(inputs, loss_mask, mask_id: int):
+    """CapPa parallel prediction: inputs[i] -> mask_id wherever i > 0 and loss_mask[i - 1] is 1.
+
+    The prefix stays visible and every position that predicts a target reads a mask token.
+    inputs int[..., L], loss_mask float[..., L]; numpy or jax arrays (uses their array namespace,
+    so it traces under jax.jit).
+    """
+    xp = inputs.__array_namespace__() if hasattr(inputs, "__array_namespace__") else np
+    m = xp.asarray(loss_mask) > 0
+    shifted = xp.concat([xp.zeros_like(m[..., :1]), m[..., :-1]], axis=-1)
+    return xp.where(shifted, xp.asarray(mask_id, dtype=inputs.dtype), inputs)
+
+
+# --------------------------------------------------------------------------------------- decoding
+
+
+def make_prompt(
+    task: str, tok: TokenizerLike, *, phrase: str = "", box: Sequence[float] | None = None
+) -> list[int]:
+    """[BOS] + prefix + the given part of the target, for generation.
+
+    cap: nothing given. aref: "{phrase} :" (the model then writes 4 location tokens + EOS).
+    gcap: box + ":" (the model then writes the phrase). Same ids as in training, because
+    SentencePiece never merges across a space.
+    """
+    ids = [tok.bos_id, *_prefix(tok, task)]
+    if task == "aref":
+        ids += tok.encode(phrase) + _cached(tok, SEPARATOR)
+    elif task == "gcap":
+        if box is None:
+            raise ValueError("gcap needs a box")
+        ids += box_to_tokens(box, tok.loc_start) + _cached(tok, SEPARATOR)
+    elif task != "cap":
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """A decoded target: text (phrase or caption) and box (float32[4] or None if absent/malformed)."""
+
+    text: str
+    box: np.ndarray | None
+
+
+def _until_eos(ids: Sequence[int], tok: TokenizerLike) -> list[int]:
+    out = []
+    for i in ids:
+        i = int(i)
+        if i == tok.eos_id:
+            break
+        if i not in (tok.pad_id, tok.bos_id):
+            out.append(i)
+    return out
+
+
+def _strip_sep(text: str) -> str:
+    text = text.strip()
+    if text.endswith(SEPARATOR):
+        text = text[: -len(SEPARATOR)]
+    if text.startswith(SEPARATOR):
+        text = text[len(SEPARATOR) :]
+    return text.strip()
+
+
+def decode_target(task: str, ids: Sequence[int], tok: TokenizerLike) -> Decoded:
+    """Generated target ids (after the prefix; EOS/pad allowed) -> text and box.
+
+    The box is the first run of location tokens; it must be exactly four well-ordered ones, else
+    None. For aref the text is what precedes it, for gcap what follows it (" : " stripped).
+    """
+    ids = _until_eos(ids, tok)
+    is_loc = [tok.loc_start <= i < tok.loc_start + NUM_BINS for i in ids]
+    if task == "cap" or not any(is_loc):
+        text = tok.decode([i for i, loc in zip(ids, is_loc, strict=True) if not loc])
+        return Decoded(_strip_sep(text) if task != "cap" else text, None)
+    start = is_loc.index(True)
+    end = start
+    while end < len(ids) and is_loc[end]:
+        end += 1
+    box = tokens_to_box(ids[start:end], tok.loc_start)
+    text_ids = ids[:start] if task == "aref" else ids[end:]
+    return Decoded(_strip_sep(tok.decode(text_ids)), box)

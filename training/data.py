@@ -1,0 +1,203 @@
+"""Grain input pipeline: ArrayRecord shards -> batches of LocCa's three tasks.
+
+  ArrayRecordDataSource -> seeded global shuffle (reshuffled every epoch) -> repeat
+  -> parse record + decode/augment/resize + task formatting (one RandomMap, rng from (seed, index))
+  -> shard by process [i::n] -> batch (drop remainder) -> iterator [-> multiprocess prefetch]
+
+Sharding comes after the random map, so an example's randomness depends on its global index only:
+the same record in the same epoch gets the same crop and region whatever the process count, and
+mp_prefetch slices after batching, so the worker count does not change the batches either.
+Within one epoch, process i of n sees global positions i, i+n, ...: every record once across all
+processes (an epoch of N records gives processes N//n or N//n + 1 examples).
+
+Batches (numpy): "image" float32[B, S, S, 3] in config.value_range; "{task}/inputs",
+"{task}/targets" int32[B, L]; "{task}/loss_mask" float32[B, L] for every task in model.tasks.TASKS;
+"has_regions" bool[B]. S = config.image_size, L = config.text_len.
+
+The returned iterator has get_state()/set_state(); the trainer saves it with
+`grain.checkpoint.CheckpointSave(it)` next to the model in the same Orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from model import tasks
+from pipelines import record as record_lib
+from training import preprocess as pp
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Data config fields (the trainer's `config.data`)."""
+    c = ml_collections.ConfigDict()
+    c.paths = ""  # glob (or list of globs) of ArrayRecord shards; local or gs://
+    c.image_size = 224  # output side S; images are squashed to S x S
+    c.value_range = (-1.0, 1.0)  # pixel range of the output image
+    c.text_len = 64  # L: decoder length (tokens per task, BOS..EOS minus one)
+    c.task_mix = "all"  # "all": every task every example (paper); "sample": one task per example
+    c.task_weights = {"cap": 1.0, "aref": 1.0, "gcap": 1.0}  # for task_mix="sample"
+    c.shuffle = True  # global shuffle, reshuffled each epoch from the seed
+    c.augment = ml_collections.ConfigDict()
+    c.augment.crop = False  # Inception-style random resized crop (boxes clipped or dropped)
+    c.augment.crop_area = (0.3, 1.0)  # crop area fraction
+    c.augment.crop_ratio = (3 / 4, 4 / 3)  # crop aspect (w/h)
+    c.augment.min_visible = 0.5  # a box keeps >= this fraction of its area or is dropped
+    c.augment.flip = False  # horizontal flip with prob 0.5; swaps "left"/"right" in the texts
+    c.augment.flip_prob = 0.5
+    c.read_threads = 4  # threads per process (or per worker) computing elements
+    c.prefetch_batches = 4  # batches each reader keeps ready
+    return c
+
+
+class DataError(ValueError):
+    """Bad data configuration (e.g. a glob that matches nothing)."""
+
+
+def expand_paths(patterns: str | Sequence[str]) -> list[str]:
+    """Globs (local or cloud; a comma-separated string or a list) -> sorted shard paths."""
+    from etils import epath
+
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(",") if p.strip()]
+    if not patterns:
+        raise DataError("data.paths is empty; set it to a glob like 'DIR/*.array_record'")
+    out: list[str] = []
+    for pattern in patterns:
+        pattern = pattern.strip()
+        cut = min((pattern.find(c) for c in "*?[" if c in pattern), default=-1)
+        if cut < 0:
+            found = [pattern] if epath.Path(pattern).exists() else []
+        else:
+            slash = pattern.rfind("/", 0, cut)
+            root = epath.Path(pattern[:slash] if slash > 0 else ("/" if slash == 0 else "."))
+            rest = pattern[slash + 1 :]
+            found = [str(p) for p in root.glob(rest)] if root.exists() else []
+        if not found:
+            raise DataError(f"no shards match {pattern!r}; check data.paths")
+        out.extend(sorted(found))
+    return out
+
+
+class ExampleTransform(grain.transforms.RandomMap):
+    """Serialized record -> one training example (module-level and picklable for mp_prefetch)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any, *, train: bool = True):
+        aug = config.augment
+        self.tokenizer = tokenizer
+        self.text_len = int(config.text_len)
+        self.task_mix = str(config.task_mix)
+        self.task_weights = {k: float(v) for k, v in dict(config.task_weights).items()}
+        size = int(config.image_size)
+        ops: list[Any] = []
+        min_side = size
+        if train and aug.crop:
+            ops.append(pp.RandomResizedCrop(tuple(aug.crop_area), tuple(aug.crop_ratio),
+                                            float(aug.min_visible)))
+            # Decode big enough that the smallest crop is still >= size pixels on its short side.
+            min_side = math.ceil(size / math.sqrt(float(aug.crop_area[0])))
+        ops.append(pp.Resize(size))
+        if train and aug.flip:
+            ops.append(pp.RandomFlip(float(aug.flip_prob), swap_words=True))
+        ops.append(pp.ValueRange(*map(float, config.value_range)))
+        self.ops = tuple(ops)
+        self.min_side = min_side
+
+    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
+        try:
+            rec = record_lib.decode(element)
+            image = pp.decode_image(rec.image, self.min_side)
+        except Exception as e:  # Name the record: a bare PIL error in a worker is hard to trace.
+            raise ValueError(f"bad record in training data: {e}") from e
+        features = {"image": image, "boxes": rec.boxes, "phrases": rec.phrases,
+                    "caption": rec.caption}
+        features = pp.apply(self.ops, features, rng)
+        out = tasks.format_example(
+            self.tokenizer, rng, caption=features["caption"], boxes=features["boxes"],
+            phrases=features["phrases"], max_len=self.text_len, task_mix=self.task_mix,
+            task_weights=self.task_weights,
+        )
+        out["image"] = features["image"]
+        return out
+
+
+def _resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax  # Only when asked: jax.distributed.initialize() must run before this.
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} is not in [0, {process_count})")
+    return process_index, process_count
+
+
+def make_examples(
+    config: ml_collections.ConfigDict, tokenizer: Any, *, seed: int, process_index: int,
+    process_count: int, num_epochs: int | None = None, train: bool = True,
+) -> grain.MapDataset:
+    """This process's examples (unbatched MapDataset); num_epochs=None repeats forever."""
+    paths = expand_paths(config.paths)
+    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths)).seed(seed)
+    if train and config.shuffle:
+        ds = ds.shuffle()
+    ds = ds.repeat(num_epochs)
+    ds = ds.random_map(ExampleTransform(config, tokenizer, train=train))
+    return ds[process_index::process_count]
+
+
+def _ensure_absl_flags() -> None:
+    # Grain 0.2.18's worker processes read absl flags once JAX is installed; a library caller
+    # (tests, notebooks) has not parsed them.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_iter(
+    data_config: ml_collections.ConfigDict, tokenizer: Any, *, global_batch_size: int | None = None,
+    per_process_batch: int | None = None, seed: int = 0, process_index: int | None = None,
+    process_count: int | None = None, num_workers: int = 0, num_epochs: int | None = None,
+) -> grain.DatasetIterator:
+    """Training batches for this process. Give exactly one of global_batch_size / per_process_batch.
+
+    Close the iterator (`it.close()`) when num_workers > 0 to stop the worker processes.
+    """
+    index, count = _resolve_process(process_index, process_count)
+    if (global_batch_size is None) == (per_process_batch is None):
+        raise DataError("give exactly one of global_batch_size and per_process_batch")
+    if per_process_batch is None:
+        if global_batch_size % count:
+            raise DataError(f"global batch {global_batch_size} is not divisible by {count} processes")
+        per_process_batch = global_batch_size // count
+    ds = make_examples(data_config, tokenizer, seed=seed, process_index=index,
+                       process_count=count, num_epochs=num_epochs, train=True)
+    ds = ds.batch(per_process_batch, drop_remainder=True)
+    return iter(_to_iter(ds, data_config, num_workers))
+
+
+def make_eval_iter(
+    data_config: ml_collections.ConfigDict, tokenizer: Any, *, batch_size: int, seed: int = 0,
+    process_index: int | None = None, process_count: int | None = None, num_workers: int = 0,
+) -> grain.DatasetIterator:
+    """One pass in file order, no augmentation, last batch kept (may be smaller)."""
+    index, count = _resolve_process(process_index, process_count)
+    ds = make_examples(data_config, tokenizer, seed=seed, process_index=index,
+                       process_count=count, num_epochs=1, train=False)
+    return iter(_to_iter(ds.batch(batch_size, drop_remainder=False), data_config, num_workers))
+
+
+def _to_iter(ds: grain.MapDataset, config: ml_collections.ConfigDict, num_workers: int):
+    read = grain.ReadOptions(num_threads=int(config.read_threads),
+                             prefetch_buffer_size=int(config.prefetch_batches))
+    it_ds = ds.to_iter_dataset(read)
+    if num_workers > 0:
+        _ensure_absl_flags()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it_ds

@@ -1,0 +1,180 @@
+"""Preprocessing ops that move the image and its boxes together.
+
+Every op takes and returns a features dict (a new dict; the input is not modified):
+  "image"    uint8[H, W, 3] (float32[H, W, 3] after ValueRange)
+  "boxes"    float32[N, 4] normalized [ymin, xmin, ymax, xmax] of the current image
+  "phrases"  tuple of N str, one per box
+  "caption"  str
+Random ops draw from the `rng` they are given (Grain's per-example generator), never from a global.
+Boxes are normalized, so a resize (which squashes to a square, like big_vision's `resize`) leaves
+them unchanged; a crop or flip rewrites them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import re
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+Features = dict[str, Any]
+
+
+def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8[H, W, 3] RGB.
+
+    With `min_side`, a JPEG is decoded at the smallest DCT scale (1/1, 1/2, 1/4, 1/8) whose shorter
+    side is still >= min_side: a full-size photo bound for 224 px decodes several times faster, and
+    the later resize sees the same or more pixels than it keeps.
+    """
+    img = Image.open(io.BytesIO(data))
+    if min_side is not None and img.format == "JPEG":
+        w, h = img.size
+        s = min_side / min(w, h)
+        if s < 1:
+            img.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
+    return np.asarray(img.convert("RGB"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Resize:
+    """Squashes the image to size x size (aspect not kept, boxes unchanged since normalized)."""
+
+    size: int
+
+    def __call__(self, features: Features, rng: np.random.Generator | None = None) -> Features:
+        image = features["image"]
+        if image.shape[:2] != (self.size, self.size):
+            pil = Image.fromarray(image).resize((self.size, self.size), Image.Resampling.BILINEAR)
+            image = np.asarray(pil)
+        return {**features, "image": image}
+
+
+def crop_boxes(
+    boxes: np.ndarray, window: np.ndarray, min_visible: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes float[N, 4] -> (boxes float[M, 4] in the window's frame, kept int[M] indices).
+
+    window: float[4] normalized [ymin, xmin, ymax, xmax] of the crop in the current image.
+    A box is clipped to the window and kept if at least `min_visible` of its area remains (and
+    the remainder is not empty); otherwise dropped, since "dog : <box>" on a sliver misleads.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    lo, hi = window[:2], window[2:]
+    clipped = np.concatenate([np.maximum(boxes[:, :2], lo), np.minimum(boxes[:, 2:], hi)], -1)
+    extent = np.maximum(clipped[:, 2:] - clipped[:, :2], 0)
+    area = extent.prod(-1)
+    orig = np.maximum(boxes[:, 2:] - boxes[:, :2], 0).prod(-1)
+    visible = np.where(orig > 0, area / np.maximum(orig, 1e-12), 0.0)
+    keep = np.nonzero((area > 0) & (visible >= min_visible))[0]
+    size = np.concatenate([hi - lo, hi - lo])
+    moved = (clipped[keep] - np.concatenate([lo, lo])) / size
+    return np.clip(moved, 0.0, 1.0).astype(np.float32), keep
+
+
+def crop(features: Features, top: int, left: int, height: int, width: int, min_visible: float):
+    """Crops pixel rows [top, top+height) and cols [left, left+width); boxes follow."""
+    image = features["image"]
+    h, w = image.shape[:2]
+    window = np.asarray([top / h, left / w, (top + height) / h, (left + width) / w], np.float32)
+    boxes, keep = crop_boxes(features["boxes"], window, min_visible)
+    return {
+        **features,
+        "image": image[top : top + height, left : left + width],
+        "boxes": boxes,
+        "phrases": tuple(features["phrases"][i] for i in keep),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomResizedCrop:
+    """Inception-style crop: area fraction in `area`, aspect ratio (w/h) in `ratio`, log-uniform.
+
+    Follow with Resize. Falls back to the whole image when no sample fits in 10 tries.
+    """
+
+    area: tuple[float, float] = (0.3, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    min_visible: float = 0.5
+
+    def __call__(self, features: Features, rng: np.random.Generator) -> Features:
+        h, w = features["image"].shape[:2]
+        for _ in range(10):
+            target = rng.uniform(*self.area) * h * w
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            cw = int(round(math.sqrt(target * aspect)))
+            ch = int(round(math.sqrt(target / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(rng.integers(0, h - ch + 1))
+                left = int(rng.integers(0, w - cw + 1))
+                return crop(features, top, left, ch, cw, self.min_visible)
+        return dict(features)
+
+
+_LR = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+_LR_RE = re.compile(r"\b(left|right|leftmost|rightmost)\b", re.IGNORECASE)
+
+
+def swap_left_right(text: str) -> str:
+    """'the left dog' -> 'the right dog' (whole words, case kept: Left -> Right, LEFT -> RIGHT)."""
+
+    def sub(m: re.Match) -> str:
+        word = m.group(0)
+        out = _LR[word.lower()]
+        if word.isupper():
+            return out.upper()
+        return out.capitalize() if word[0].isupper() else out
+
+    return _LR_RE.sub(sub, text)
+
+
+def hflip(features: Features, swap_words: bool = True) -> Features:
+    """Mirrors the image; xmin' = 1 - xmax. Swaps left/right in phrases and caption if asked."""
+    boxes = np.asarray(features["boxes"], np.float32).reshape(-1, 4)
+    flipped = np.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], -1)
+    out = {**features, "image": features["image"][:, ::-1], "boxes": flipped}
+    if swap_words:
+        out["phrases"] = tuple(swap_left_right(p) for p in features["phrases"])
+        out["caption"] = swap_left_right(features["caption"])
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomFlip:
+    """Horizontal flip with probability `prob`; left/right words follow so "left dog" stays true."""
+
+    prob: float = 0.5
+    swap_words: bool = True
+
+    def __call__(self, features: Features, rng: np.random.Generator) -> Features:
+        if rng.uniform() < self.prob:
+            return hflip(features, self.swap_words)
+        return dict(features)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueRange:
+    """uint8 [0, 255] -> float32 [lo, hi]."""
+
+    lo: float = -1.0
+    hi: float = 1.0
+
+    def __call__(self, features: Features, rng: np.random.Generator | None = None) -> Features:
+        return {**features, "image": to_value_range(features["image"], self.lo, self.hi)}
+
+
+def to_value_range(image: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """uint8[..., 3] -> float32[..., 3] in [lo, hi]."""
+    scale = np.float32((hi - lo) / 255.0)
+    return image.astype(np.float32) * scale + np.float32(lo)
+
+
+def apply(ops, features: Features, rng: np.random.Generator) -> Features:
+    """Runs ops in order with one shared per-example rng."""
+    for op in ops:
+        features = op(features, rng)
+    return features
