@@ -1,0 +1,291 @@
+"""Stage 1, annotate: web image-text data -> pseudo-labelled ArrayRecord shards (Apache Beam).
+
+Local run (DirectRunner):
+
+  python pipelines/annotate.py --input 'DATA/web/*.tar' --output SHARDS --labeler reference
+
+Dataflow (workers get this code and its dependencies from the annotate container image built from
+infra/annotate/; `--setup_file ./setup.py` works too for CPU-only workers):
+
+  python pipelines/annotate.py --input 'gs://BUCKET/web/*.tar' --output gs://BUCKET/shards \
+    --labeler owlvit --owlvit_checkpoint gs://BUCKET/owlv2-b16 --num_shards 1024 \
+    --runner DataflowRunner --project PROJECT --region REGION \
+    --temp_location gs://BUCKET/tmp --sdk_container_image REGION-docker.pkg.dev/PROJECT/locca/annotate \
+    --experiments use_runner_v2 --machine_type g2-standard-8 \
+    --dataflow_service_options 'worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver' \
+    --number_of_worker_harness_threads 1 --max_batch_size 32
+
+(one harness thread per GPU worker keeps one model copy per device; set
+XLA_PYTHON_CLIENT_PREALLOCATE=false in the image if several SDK processes share a GPU). Flink/Spark:
+`--runner PortableRunner --job_endpoint HOST:8099 --environment_type DOCKER
+--environment_config IMAGE` (or FlinkRunner/SparkRunner with `--flink_master` / `--spark_master_url`).
+
+Outputs in --output: `{split}-{i:05d}-of-{n:05d}.array_record`, `manifest.json`,
+`dead_letters.jsonl`, `preview.html`, `preview.png`. See the module docstrings of sources, decode,
+queries, postprocess and shard_sink for each step's rules. Empty alt-texts are dead-lettered as
+`empty_caption` (design.md) unless --keep_empty_captions; non-UTF-8 alt-texts as `caption_not_utf8`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python pipelines/annotate.py`: make the repo root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.ml.inference.base import RunInference  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
+
+from pipelines import manifest as manifest_lib  # noqa: E402
+from pipelines import record as record_lib  # noqa: E402
+from pipelines import shard_sink, stages  # noqa: E402
+from pipelines.decode import DecodeConfig  # noqa: E402
+from pipelines.inference import LABELERS, LabelerModelHandler, LabelerSpec  # noqa: E402
+from pipelines.postprocess import PostprocessConfig  # noqa: E402
+from pipelines.sources import FORMATS, DeadLetter, SourceConfig  # noqa: E402
+
+LOCAL_RUNNERS = ("directrunner", "fnapirunner", "bundlebaseddirectrunner", "switchingdirectrunner",
+                 "prismrunner", "testdirectrunner")
+
+
+class AnnotateOptions(PipelineOptions):
+    """The annotate stage's flags (Beam's own flags - runner, project, ... - come on top)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        a = parser.add_argument
+        a("--input", required=True, help="glob of input files, local or any Beam filesystem")
+        a("--output", required=True, help="output directory, local or any Beam filesystem")
+        a("--input_format", default="webdataset", choices=FORMATS)
+        a("--image_key", default=None, help="parquet column / Example feature with image bytes")
+        a("--text_key", default=None, help="parquet column / Example feature with the alt-text")
+        a("--json_key", default=None, help="parquet column / Example feature with JSON metadata")
+        a("--labeler", default="reference", choices=LABELERS)
+        a("--owlvit_checkpoint", default=None, help="OWL-ViT checkpoint path or hub id")
+        a("--num_shards", type=int, default=0, help="0: one output shard per input file")
+        a("--split", default="train")
+        a("--score_threshold", type=float, default=0.3)
+        a("--nms_iou", type=float, default=0.5, help="1.0 disables NMS")
+        a("--max_boxes", type=int, default=16)
+        a("--min_box_size", type=float, default=0.01, help="smallest box side, normalized")
+        a("--require_boxes", action="store_true", help="drop images with no kept box")
+        a("--max_ngram", type=int, default=10)
+        a("--max_queries", type=int, default=300)
+        a("--max_words", type=int, default=256, help="alt-text words read for queries")
+        a("--keep_empty_captions", action="store_true")
+        a("--max_caption_chars", type=int, default=2000)
+        a("--max_pixels", type=int, default=64_000_000, help="decompression-bomb cap (w*h)")
+        a("--min_image_side", type=int, default=8)
+        a("--store_max_side", type=int, default=0, help="resize stored images; 0 keeps size")
+        a("--detect_max_side", type=int, default=1024, help="longest side given to the labeller")
+        a("--jpeg_quality", type=int, default=90)
+        a("--min_batch_size", type=int, default=1)
+        a("--max_batch_size", type=int, default=16)
+        a("--preview_size", type=int, default=24, help="annotated images in preview.html")
+        a("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+          help="progress lines on stderr (default: on for local runners)")
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"annotate: {message}")
+
+
+def check_options(opts: AnnotateOptions) -> list[str]:
+    """Validates flags, input and output before any work; returns the input files."""
+    if not 0.0 <= opts.score_threshold <= 1.0:
+        raise _fail(f"--score_threshold {opts.score_threshold} must be in [0, 1]")
+    if not 0.0 < opts.nms_iou <= 1.0:
+        raise _fail(f"--nms_iou {opts.nms_iou} must be in (0, 1]; 1.0 disables NMS")
+    for name in ("max_boxes", "max_ngram", "max_batch_size", "min_batch_size", "max_pixels"):
+        if getattr(opts, name) < 1:
+            raise _fail(f"--{name} must be >= 1, got {getattr(opts, name)}")
+    if opts.num_shards < 0:
+        raise _fail(f"--num_shards must be >= 0 (0: one per input file), got {opts.num_shards}")
+    if not 1 <= opts.jpeg_quality <= 100:
+        raise _fail(f"--jpeg_quality must be in 1..100, got {opts.jpeg_quality}")
+    if opts.labeler == "owlvit":
+        if not opts.owlvit_checkpoint:
+            raise _fail("--labeler=owlvit needs --owlvit_checkpoint PATH_OR_HUB_ID")
+        try:
+            import pipelines.owlvit.labeler  # noqa: F401
+        except ImportError as e:
+            raise _fail(f"--labeler=owlvit cannot import pipelines.owlvit.labeler ({e}); "
+                        "install the [annotate] extra or use --labeler=reference") from None
+    files: list[str] = []
+    for pattern in opts.input.split(","):
+        try:
+            matched = FileSystems.match([pattern.strip()])[0].metadata_list
+        except Exception as e:  # Beam raises BeamIOError for a missing local directory.
+            raise _fail(f"--input {pattern!r} cannot be listed ({e}); check the path") from None
+        files += sorted(m.path for m in matched if m.size_in_bytes >= 0)
+    if not files:
+        raise _fail(f"--input {opts.input!r} matches no files; check the path or quote the glob")
+    probe = FileSystems.join(opts.output, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        FileSystems.mkdirs(opts.output)
+    except Exception:  # Already exists (local) or object stores without directories.
+        pass
+    try:
+        with FileSystems.create(probe) as f:
+            f.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as e:
+        raise _fail(f"--output {opts.output!r} is not writable ({type(e).__name__}: {e}); "
+                    "choose a directory you can write to") from None
+    return files
+
+
+_RUN_OPTIONS = ("runner", "project", "region", "job_name", "temp_location", "staging_location",
+                "sdk_container_image", "setup_file", "requirements_file", "experiments",
+                "machine_type", "worker_machine_type", "max_num_workers", "num_workers",
+                "dataflow_service_options", "direct_num_workers", "direct_running_mode",
+                "job_endpoint", "environment_type")
+
+
+def _config_dict(options: PipelineOptions) -> dict:
+    """The annotate flags (defaults included) plus the runner settings that shape the run."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    AnnotateOptions._add_argparse_args(parser)
+    ours = {a.dest for a in parser._actions if a.dest != "help"}
+    everything = options.get_all_options(drop_default=False)
+    return {k: v for k, v in sorted(everything.items())
+            if k in ours or (k in _RUN_OPTIONS and v is not None)}
+
+
+class Finalize(beam.DoFn):
+    """Runs once, after every shard is written: empty shards, manifest, preview."""
+
+    def __init__(self, opts: dict, num_shards: int, config: dict):
+        self._o, self._n, self._config = opts, num_shards, config
+
+    def process(self, _, reads, shards, dead, filtered, notes, boxes, labelers, previews):
+        out = self._o["output"]
+        written: dict[int, int] = {}
+        for index, count in shards:
+            written[index] = max(written.get(index, 0), count)
+        shard_list = shard_sink.finalize_shards(out, self._o["split"], self._n, written)
+        empty_boxes = manifest_lib.BoxStatsFn()
+        box_stats = boxes[0] if boxes else empty_boxes.extract_output(
+            empty_boxes.create_accumulator())
+        doc = manifest_lib.build_manifest(
+            read=sum(reads), shards=shard_list, dead_lettered=dict(dead), filtered=dict(filtered),
+            boxes=box_stats, config=self._config,
+            labelers=sorted(set(labelers)) or [self._o["labeler"]], notes=dict(notes),
+        )
+        if not doc["counts"]["balanced"]:
+            print(f"annotate: WARNING counts do not add up: {doc['counts']}", file=sys.stderr)
+        manifest_lib.write_json(FileSystems.join(out, "manifest.json"), doc)
+        from pipelines import preview
+
+        recs = [record_lib.decode(data) for _, data in sorted(previews)]
+        for name, payload in (("preview.html", preview.render_html(recs).encode("utf-8")),
+                              ("preview.png", preview.contact_sheet(recs))):
+            tmp = FileSystems.join(out, f"{name}.tmp-{uuid.uuid4().hex}")
+            with FileSystems.create(tmp) as f:
+                f.write(payload)
+            if FileSystems.exists(FileSystems.join(out, name)):
+                FileSystems.delete([FileSystems.join(out, name)])
+            FileSystems.rename([tmp], [FileSystems.join(out, name)])
+        yield doc
+
+
+def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dict) -> None:
+    """Adds the whole annotate graph to `p`."""
+    num_shards = opts.num_shards or len(files)
+    runner = (p.options.view_as(StandardOptions).runner or "DirectRunner")
+    runner = runner if isinstance(runner, str) else type(runner).__name__
+    progress = opts.progress if opts.progress is not None else runner.lower() in LOCAL_RUNNERS
+    src = SourceConfig(opts.input_format, opts.image_key, opts.text_key, opts.json_key)
+    read = (
+        p
+        | "Files" >> beam.Create(files)
+        | "SpreadFiles" >> beam.Reshuffle()  # Create is one bundle: spread files over workers.
+        | "Read" >> beam.ParDo(stages.ReadFileFn(src)).with_outputs(
+            stages.DEAD, stages.READ, main="samples")
+    )
+    decode = DecodeConfig(max_pixels=opts.max_pixels, min_side=opts.min_image_side,
+                          store_max_side=opts.store_max_side,
+                          detect_max_side=opts.detect_max_side, jpeg_quality=opts.jpeg_quality)
+    queries = stages.QueryConfig(opts.max_ngram, opts.max_queries, opts.max_words)
+    prepared = read.samples | "DecodeAndQuery" >> beam.ParDo(stages.PrepareFn(
+        decode, queries, keep_empty_captions=opts.keep_empty_captions,
+        max_caption_chars=opts.max_caption_chars, progress=progress,
+    )).with_outputs(stages.DEAD, stages.NOTE, main="prepared")
+    handler = LabelerModelHandler(LabelerSpec(opts.labeler, opts.owlvit_checkpoint),
+                                  min_batch_size=opts.min_batch_size,
+                                  max_batch_size=opts.max_batch_size)
+    inferred, failed = (prepared.prepared
+                        | "Detect" >> RunInference(handler).with_exception_handling())
+    labeler_dead = failed.failed_inferences | "LabelerErrors" >> beam.FlatMap(
+        stages.failed_batch_to_dead)
+    post = PostprocessConfig(opts.score_threshold, opts.nms_iou, opts.max_boxes, opts.min_box_size)
+    records = inferred | "ToRecord" >> beam.ParDo(stages.ToRecordFn(
+        post, num_shards=num_shards, require_boxes=opts.require_boxes, labeler_name=opts.labeler,
+    )).with_outputs(stages.DEAD, stages.FILTERED, stages.SUMMARY, stages.LABELER, stages.PREVIEW,
+                    main="records")
+    shards = (records.records
+              | "GroupByShard" >> beam.GroupByKey()
+              | "WriteShards" >> beam.ParDo(stages.WriteShardFn(opts.output, opts.split,
+                                                                num_shards)))
+    dead = ((read[stages.DEAD], prepared[stages.DEAD], labeler_dead, records[stages.DEAD])
+            | "AllDead" >> beam.Flatten())
+    _ = (dead
+         | "DeadJson" >> beam.Map(DeadLetter.to_json)
+         | "WriteDead" >> beam.io.WriteToText(
+             FileSystems.join(opts.output, "dead_letters"), file_name_suffix=".jsonl",
+             num_shards=1, shard_name_template=""))
+    side = beam.pvalue.AsList
+    count_by = lambda pc, label: (pc | label >> beam.combiners.Count.PerElement())  # noqa: E731
+    _ = (
+        p
+        | "Once" >> beam.Create([None])
+        | "Finalize" >> beam.ParDo(
+            Finalize({"output": opts.output, "split": opts.split, "labeler": opts.labeler},
+                     num_shards, config),
+            side(read[stages.READ]),
+            side(shards),
+            side(count_by(dead | "Reason" >> beam.Map(lambda d: d.reason), "DeadByReason")),
+            side(count_by(records[stages.FILTERED], "FilteredByReason")),
+            side(count_by(prepared[stages.NOTE], "NotesByKind")),
+            side(records[stages.SUMMARY]
+                 | "BoxStats" >> beam.CombineGlobally(manifest_lib.BoxStatsFn()).without_defaults()),
+            side(records[stages.LABELER] | "Labelers" >> beam.Distinct()),
+            side(records[stages.PREVIEW]
+                 | "PreviewSample" >> beam.combiners.Top.Smallest(opts.preview_size)
+                 | "Flat" >> beam.FlatMap(lambda xs: xs)),
+        )
+    )
+
+
+def run(argv: list[str] | None = None, *, test_runner: str | None = None) -> dict:
+    """Parses flags, checks inputs and output, runs the pipeline; returns the manifest."""
+    options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+    try:
+        opts = options.view_as(AnnotateOptions)
+        _ = opts.input, opts.output
+    except SystemExit as e:  # argparse already printed the one-line usage error.
+        raise _fail("bad flags (see the message above); run with --help for the list") from e
+    if test_runner:
+        options.view_as(StandardOptions).runner = test_runner
+    files = check_options(opts)
+    config = _config_dict(options) | {"input_files": len(files)}
+    with beam.Pipeline(options=options) as p:
+        build(p, opts, files, config)
+    with FileSystems.open(FileSystems.join(opts.output, "manifest.json")) as f:
+        manifest = json.loads(f.read())
+    c = manifest["counts"]
+    print(f"annotate: read {c['read']}, wrote {c['written']} records in {len(manifest['shards'])} "
+          f"shards, dead-lettered {c['dead_lettered']}, filtered {c['filtered']}, "
+          f"{manifest['boxes']['total']} boxes -> {opts.output}", file=sys.stderr)
+    return manifest
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,212 @@
+"""The annotate pipeline's DoFns: read files, decode + build queries, post-process to records, write.
+
+Every DoFn routes each unit of input to exactly one of: the main output, `DEAD` (a DeadLetter) or
+`FILTERED` (a reason string), and counts it in Beam metrics (`annotate` namespace), so the manifest
+counts add up on any runner. Time spent per stage goes to `time_us/<stage>` counters (the benchmark
+reads them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipelines import record as record_lib
+from pipelines import shard_sink
+from pipelines.decode import BadInput, DecodeConfig, decode_image
+from pipelines.inference import Prepared
+from pipelines.manifest import record_summary
+from pipelines.postprocess import PostprocessConfig, select_regions
+from pipelines.queries import queries_from_alt_text
+from pipelines.sources import DeadLetter, RawSample, SourceConfig, read_file
+
+NS = "annotate"
+DEAD, FILTERED, READ, NOTE, SUMMARY, LABELER, PREVIEW = (
+    "dead", "filtered", "read", "note", "summary", "labeler", "preview")
+
+
+def _us(start: float) -> int:
+    return int((time.perf_counter() - start) * 1e6)
+
+
+class ReadFileFn(beam.DoFn):
+    """Path -> RawSample (main), DeadLetter (DEAD), and the file's unit count (READ)."""
+
+    def __init__(self, config: SourceConfig):
+        self._config = config
+        self._read = Metrics.counter(NS, "read")
+        self._time = Metrics.counter(NS, "time_us/read")
+
+    def process(self, path: str) -> Iterator:
+        n = 0
+        start = time.perf_counter()
+        try:
+            with FileSystems.open(path) as f:
+                for item in read_file(path, f, self._config):
+                    n += 1
+                    self._time.inc(_us(start))
+                    if isinstance(item, DeadLetter):
+                        Metrics.counter(NS, f"dead_letter/{item.reason}").inc()
+                        yield beam.pvalue.TaggedOutput(DEAD, item)
+                    else:
+                        yield item
+                    start = time.perf_counter()
+        except OSError as e:  # The file vanished or is unreadable: one dead letter for it.
+            n += 1
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(path, "unreadable_file", str(e)))
+        self._read.inc(n)
+        yield beam.pvalue.TaggedOutput(READ, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryConfig:
+    max_ngram: int = 10
+    max_queries: int = 300
+    max_words: int = 256
+
+
+class PrepareFn(beam.DoFn):
+    """RawSample -> Prepared (main) or DeadLetter (DEAD); NOTE for kept-but-changed samples.
+
+    Captions: not UTF-8 -> `caption_not_utf8`; empty or whitespace-only -> `empty_caption` unless
+    keep_empty_captions; longer than max_caption_chars -> cut at a word boundary (NOTE
+    `caption_truncated`; the trainer reads 64 tokens anyway).
+    """
+
+    def __init__(self, decode: DecodeConfig, queries: QueryConfig, *, keep_empty_captions: bool,
+                 max_caption_chars: int, progress: bool):
+        self._decode, self._queries = decode, queries
+        self._keep_empty, self._max_chars, self._progress = (
+            keep_empty_captions, max_caption_chars, progress)
+        self._t_decode = Metrics.counter(NS, "time_us/decode")
+        self._t_query = Metrics.counter(NS, "time_us/query")
+
+    def setup(self) -> None:
+        self._seen, self._t0, self._last = 0, time.time(), time.time()
+
+    def _tick(self) -> None:
+        self._seen += 1
+        now = time.time()
+        if self._progress and now - self._last >= 5.0:
+            self._last = now
+            rate = self._seen / max(now - self._t0, 1e-9)
+            print(f"annotate: {self._seen:,} images decoded in this worker ({rate:.1f}/s)",
+                  file=sys.stderr, flush=True)
+
+    def _dead(self, sample: RawSample, reason: str, detail: str = ""):
+        Metrics.counter(NS, f"dead_letter/{reason}").inc()
+        return beam.pvalue.TaggedOutput(DEAD, DeadLetter(sample.source, reason, detail))
+
+    def process(self, sample: RawSample) -> Iterator:
+        self._tick()
+        start = time.perf_counter()
+        try:
+            caption = (sample.text or b"").decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield self._dead(sample, "caption_not_utf8", f"{e.reason} at byte {e.start}")
+            return
+        caption = caption.strip()
+        if not caption and not self._keep_empty:
+            yield self._dead(sample, "empty_caption", "empty or whitespace-only alt-text")
+            return
+        if len(caption) > self._max_chars:
+            cut = caption[: self._max_chars]
+            caption = cut.rsplit(None, 1)[0] if " " in cut else cut
+            Metrics.counter(NS, "note/caption_truncated").inc()
+            yield beam.pvalue.TaggedOutput(NOTE, "caption_truncated")
+        try:
+            image = decode_image(sample.image or b"", self._decode)
+        except BadInput as e:
+            yield self._dead(sample, e.reason, e.detail)
+            return
+        finally:
+            self._t_decode.inc(_us(start))
+        start = time.perf_counter()
+        q = self._queries
+        queries = queries_from_alt_text(caption, max_ngram=q.max_ngram, max_queries=q.max_queries,
+                                        max_words=q.max_words)
+        self._t_query.inc(_us(start))
+        yield Prepared(key=sample.key, source=sample.source, caption=caption, image=image.stored,
+                       height=image.height, width=image.width, pixels=image.pixels,
+                       queries=queries, metadata=sample.metadata)
+
+
+class ToRecordFn(beam.DoFn):
+    """PredictionResult -> (shard index, record bytes); FILTERED / DEAD otherwise.
+
+    Side outputs for the manifest: SUMMARY (box statistics), LABELER (fingerprint), PREVIEW
+    (a deterministic hash rank + record bytes, so the preview sample is the same on every run).
+    """
+
+    def __init__(self, post: PostprocessConfig, *, num_shards: int, require_boxes: bool,
+                 labeler_name: str):
+        self._post, self._num_shards, self._require = post, num_shards, require_boxes
+        self._labeler_name = labeler_name
+        self._written = Metrics.counter(NS, "records_out")
+        self._boxes = Metrics.counter(NS, "boxes_kept")
+        self._t_post = Metrics.counter(NS, "time_us/postprocess")
+
+    def process(self, result) -> Iterator:
+        start = time.perf_counter()
+        p: Prepared = result.example
+        detections, fingerprint = result.inference
+        try:
+            regions = select_regions(detections, p.queries, self._post)
+        except ValueError as e:
+            Metrics.counter(NS, "dead_letter/bad_detections").inc()
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(p.source, "bad_detections", str(e)))
+            return
+        if self._require and not regions.phrases:
+            Metrics.counter(NS, "filtered/no_boxes").inc()
+            yield beam.pvalue.TaggedOutput(FILTERED, "no_boxes")
+            return
+        rec = record_lib.Record(
+            key=p.key, source=p.source, image=p.image, height=p.height, width=p.width,
+            caption=p.caption, boxes=regions.boxes, phrases=regions.phrases,
+            scores=regions.scores, query_ranks=regions.query_ranks, labeler=fingerprint,
+        )
+        try:
+            data = record_lib.encode(rec)
+        except record_lib.RecordError as e:
+            Metrics.counter(NS, "dead_letter/invalid_record").inc()
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(p.source, "invalid_record", str(e)))
+            return
+        self._written.inc()
+        self._boxes.inc(len(regions.phrases))
+        self._t_post.inc(_us(start))
+        yield beam.pvalue.TaggedOutput(
+            SUMMARY, record_summary(regions.scores, regions.boxes, regions.phrases))
+        yield beam.pvalue.TaggedOutput(LABELER, fingerprint)
+        rank = shard_sink.shard_index("preview/" + p.key, 1 << 62)
+        yield beam.pvalue.TaggedOutput(PREVIEW, (rank, data))
+        yield shard_sink.shard_index(p.key, self._num_shards), data
+
+
+class WriteShardFn(beam.DoFn):
+    """(shard index, records) -> (shard index, record count), shard written atomically."""
+
+    def __init__(self, output_dir: str, split: str, num_shards: int):
+        self._out, self._split, self._n = output_dir, split, num_shards
+        self._t_write = Metrics.counter(NS, "time_us/write")
+
+    def process(self, element) -> Iterator[tuple[int, int]]:
+        index, records = element
+        start = time.perf_counter()
+        name = shard_sink.shard_name(self._split, index, self._n)
+        count = shard_sink.write_shard(self._out, name, records)
+        self._t_write.inc(_us(start))
+        yield index, count
+
+
+def failed_batch_to_dead(failure) -> Iterator[DeadLetter]:
+    """RunInference's error output (batch, exception) -> one dead letter per element."""
+    batch, exc = failure
+    for p in batch:
+        Metrics.counter(NS, "dead_letter/labeler_error").inc()
+        yield DeadLetter(p.source, "labeler_error", f"{type(exc).__name__}: {exc}")
