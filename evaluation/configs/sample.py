@@ -1,0 +1,102 @@
+"""Evaluation of a LocCa run on the sample corpus's RefCOCO-format eval data (or real RefCOCO).
+
+    python evaluation/run.py --workdir runs/locca_tiny \
+        --config evaluation/configs/sample.py:all,data_dir=runs/corpus/eval --watch
+
+Variants (`:name[,key=value...]`, keys: data_dir, batch_size, max_per_split, transfer_steps):
+  all       REC (pretrained decoder), REC transfer (frozen encoder + fresh decoder), captioning,
+            grounded captioning, linear probe. On the sample corpus after the demo's training
+            budget, REC Acc@0.5 should clearly exceed the untrained floor (~0).
+  rec       REC only;  transfer  transfer only;  quick  everything at toy sizes (tests, smoke runs)
+  transfer_npz  transfer from WORKDIR/encoder.npz (run once with --step; compares exported
+            encoders, e.g. a plain captioner's `cap_tiny` run against LocCa's)
+  refcoco   the official layout: data_dir holds refs(unc).p + instances.json, images_dir the COCO
+            train2014 images (`--config.images_dir=...`).
+Paths may use {data_dir} and {workdir}; they are filled in by run.py.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+_SPLITS = ("val", "testA", "testB")
+
+
+def _data(c: ml_collections.ConfigDict, refs: str = "{data_dir}/refs.json") -> dict:
+    return dict(refs=refs, instances="{data_dir}/instances.json", images="{images_dir}")
+
+
+def _rec(c, refs="{data_dir}/refs.json", **kw):
+    return ml_collections.ConfigDict(dict(type="rec", **_data(c, refs), splits=_SPLITS,
+                                          batch_size=c.batch_size,
+                                          max_per_split=c.max_per_split, **kw))
+
+
+def _transfer(c, encoder="checkpoint", refs="{data_dir}/refs.json", **kw):
+    dec = dict(width=128, depth=2, num_heads=4, mlp_dim=512, max_len=32, steps=c.transfer_steps,
+               batch_size=64, learning_rate=1e-3, warmup=30, seed=0)
+    return ml_collections.ConfigDict(dict(type="rec_transfer", **_data(c, refs), splits=_SPLITS,
+                                          train_split="train", encoder=encoder,
+                                          batch_size=c.batch_size, decoder=dec, **kw))
+
+
+def _captioning(c):
+    return ml_collections.ConfigDict(dict(type="captioning", captions="{data_dir}/captions.json",
+                                          images="{images_dir}", refs="{data_dir}/refs.json",
+                                          refs_split="val", split="val", beam_sizes=(1, 3),
+                                          max_images=c.max_per_split, batch_size=c.batch_size))
+
+
+def _gcap(c):
+    return ml_collections.ConfigDict(dict(type="gcap", **_data(c), splits=("val",),
+                                          max_per_split=c.max_per_split,
+                                          batch_size=c.batch_size))
+
+
+def _probe(c):
+    return ml_collections.ConfigDict(dict(type="linear_probe", instances="{data_dir}/instances.json",
+                                          images="{images_dir}", refs="{data_dir}/refs.json",
+                                          train_split="train",
+                                          fields=("num_objects", "dominant_shape"), l2=10.0,
+                                          encoder="checkpoint", batch_size=c.batch_size))
+
+
+def _parse(arg: str) -> tuple[str, dict]:
+    variant, *pairs = (arg or "all").split(",")
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"config override {pair!r} must look like key=value")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return variant, out
+
+
+def get_config(arg: str = "all") -> ml_collections.ConfigDict:
+    variant, over = _parse(arg)
+    c = ml_collections.ConfigDict(dict(
+        data_dir="", images_dir="{data_dir}/images", tokenizer="", batch_size=32,
+        max_per_split=0, transfer_steps=300, poll_s=5, stale_claim_s=6 * 3600,
+    ))
+    if variant == "quick":
+        c.update(batch_size=8, max_per_split=16, transfer_steps=60)
+    unknown = sorted(set(over) - set(c))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(c)}")
+    c.update(over)
+    evals = {
+        "all": lambda: dict(rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
+                            gcap=_gcap(c), linear_probe=_probe(c)),
+        "quick": lambda: dict(rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
+                              gcap=_gcap(c), linear_probe=_probe(c)),
+        "rec": lambda: dict(rec=_rec(c)),
+        "transfer": lambda: dict(rec_transfer=_transfer(c, report_untrained=True)),
+        "transfer_npz": lambda: dict(rec_transfer_npz=_transfer(
+            c, encoder="{workdir}/encoder.npz", report_untrained=True)),
+        "refcoco": lambda: dict(rec=_rec(c, refs="{data_dir}/refs(unc).p"),
+                                rec_transfer=_transfer(c, refs="{data_dir}/refs(unc).p")),
+    }
+    if variant not in evals:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(evals)}")
+    c.evaluators = evals[variant]()
+    return c

@@ -1,0 +1,1 @@
+"""Readers for the evaluation datasets (RefCOCO-format REC, COCO captions, COCO instances)."""

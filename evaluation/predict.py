@@ -1,0 +1,92 @@
+"""Batched, jitted encode + prompted generation on a LocCa model, shared by the evaluators.
+
+Batches are padded to a fixed size so each (batch, length) shape compiles once per job, not once per
+ragged last batch; padded rows are dropped from the outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import generate
+
+
+def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """Pads axis 0 to `size` by repeating the last row (valid inputs, results discarded)."""
+    if len(x) == size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+
+
+def prompts_array(prompts: Sequence[Sequence[int]], length: int, pad_id: int):
+    """Ragged prompts -> (int32[B, L] buffer, int32[B] lengths); a prompt that fills the whole
+    buffer leaves no room to generate, so it is cut to L - 1 (counted by the caller as malformed)."""
+    buf = np.full((len(prompts), length), pad_id, np.int32)
+    lens = np.zeros(len(prompts), np.int32)
+    for i, p in enumerate(prompts):
+        p = list(p)[: length - 1]
+        buf[i, : len(p)] = p
+        lens[i] = len(p)
+    return buf, lens
+
+
+class Predictor:
+    """encode(images) and generate(encoded, prompts) for one model; params are call arguments so
+    one compiled function serves every checkpoint."""
+
+    def __init__(self, model: Any, *, batch_size: int = 32, eos_id: int, pad_id: int = 0):
+        self.model = model
+        self.batch_size = batch_size
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.max_len = int(model.config.max_len)
+        self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
+
+        def _gen(params, encoded, prompt, prompt_len, allowed, beam_size):
+            def decode_fn(enc, inputs):
+                return model.apply({"params": params}, enc, inputs, method="decode")
+
+            kw = dict(eos_id=eos_id, pad_id=pad_id, allowed=allowed)
+            if beam_size == 1:
+                return generate.greedy(decode_fn, encoded, prompt, prompt_len, **kw)
+            return generate.beam_search(decode_fn, encoded, prompt, prompt_len,
+                                        beam_size=beam_size, **kw)
+
+        self._generate = jax.jit(_gen, static_argnames=("beam_size",))
+
+    def encode(self, params: Any, images: np.ndarray) -> np.ndarray:
+        """float32[B, H, W, 3] -> float32[B, N, D] (host numpy), in fixed-size batches."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i : i + self.batch_size]
+            enc = self._encode(params, jnp.asarray(pad_batch(chunk, self.batch_size)))
+            out.append(np.asarray(enc)[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def generate(self, params: Any, encoded: np.ndarray, prompts: Sequence[Sequence[int]], *,
+                 allowed: np.ndarray | None = None, beam_size: int = 1) -> list[list[int]]:
+        """encoded float[B, N, D] with one prompt per row -> the generated ids per row (after the
+        prompt, up to but excluding EOS)."""
+        buf, lens = prompts_array(prompts, self.max_len, self.pad_id)
+        allowed_j = None if allowed is None else jnp.asarray(allowed)
+        out: list[list[int]] = []
+        for i in range(0, len(buf), self.batch_size):
+            n = len(buf[i : i + self.batch_size])
+            args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
+                    for a in (encoded, buf, lens)]
+            tokens, _ = self._generate(params, *map(jnp.asarray, args), allowed_j,
+                                       beam_size=beam_size)
+            out += generate.generated(np.asarray(tokens)[:n], lens[i : i + n], self.eos_id)
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def box_constraint(vocab_size: int, loc_start: int, eos_id: int) -> np.ndarray:
+    """bool[5, V]: four location tokens then EOS (a well-formed box answer)."""
+    return generate.loc_constraint(vocab_size, loc_start, eos_id=eos_id)

@@ -1,0 +1,138 @@
+"""Finding the trainer's checkpoints without touching its CheckpointManager.
+
+Discovery is read-only on WORKDIR/checkpoints: Orbax's `checkpoint_utils` lists only finalized
+steps (a `<step>.orbax-checkpoint-tmp` dir left by a killed save is not a step) and
+`checkpoints_iterator` waits for new ones. The iterator deep-copies each step it yields into a
+snapshot dir so the trainer's keep-N cleanup cannot delete it mid-evaluation; we point that dir at
+WORKDIR/eval/snapshots/<host>-<pid> (never the trainer's dir, and one per job, because the iterator
+deletes every snapshot it finds in its dir when it starts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from etils import epath
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+    return epath.Path(workdir) / "checkpoints"
+
+
+def finalized_steps(workdir: str) -> list[int]:
+    """Sorted steps whose checkpoint is complete (tmp dirs of interrupted saves are ignored)."""
+    import orbax.checkpoint as ocp
+
+    ckpt = checkpoint_dir(workdir)
+    if not ckpt.exists():
+        return []
+    fmt = ocp.path.step.standard_name_format()
+    return sorted(m.step for m in fmt.find_all(ckpt))
+
+
+def step_path(workdir: str, step: int) -> epath.Path:
+    return checkpoint_dir(workdir) / str(step)
+
+
+def final_step(workdir: str) -> int | None:
+    """The step number in WORKDIR/DONE (the trainer's last step), or None while training runs."""
+    done = epath.Path(workdir) / "DONE"
+    if not done.exists():
+        return None
+    text = done.read_text().strip()
+    try:
+        return int(text.split()[0]) if text else -1
+    except ValueError:
+        return -1  # DONE without a step number still means training ended
+
+
+def _clean_dead_snapshots(root: Path) -> None:
+    """Removes snapshot dirs of jobs on this host that are gone (a killed job leaves its copy)."""
+    if not root.exists():
+        return
+    host = socket.gethostname()
+    for d in root.iterdir():
+        name_host, _, pid = d.name.rpartition("-")
+        if name_host != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def watch(
+    workdir: str,
+    sweep: Callable[[dict[int, epath.Path]], bool],
+    *,
+    poll_s: int = 5,
+    idle_timeout_s: float | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Calls `sweep({step: path})` with every finalized step whenever a new checkpoint appears and
+    whenever the wait times out (so work abandoned by a dead job is picked up). `sweep` returns True
+    when every step it was given is fully evaluated. Stops once WORKDIR/DONE exists and the last
+    sweep covered everything, or when no new checkpoint came for `idle_timeout_s`.
+    """
+    from orbax.checkpoint import checkpoint_utils
+
+    snap_root = Path(workdir) / "eval" / "snapshots"
+    _clean_dead_snapshots(snap_root)
+    snap_dir = snap_root / f"{socket.gethostname()}-{os.getpid()}"
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    last_progress = time.time()
+
+    def paths(latest: int | None) -> dict[int, epath.Path]:
+        out = {s: step_path(workdir, s) for s in finalized_steps(workdir)}
+        # The newest step is read from the iterator's private copy, safe from keep-N deletion.
+        snap = epath.Path(snap_dir) / str(latest)
+        if latest in out and (snap / "params").exists():
+            out[latest] = snap
+        return out
+
+    def finished() -> bool:
+        complete = sweep(paths(None))
+        if final_step(workdir) is not None and complete:
+            log("training finished (DONE) and every checkpoint is evaluated: stopping")
+            return True
+        if idle_timeout_s is not None and time.time() - last_progress > idle_timeout_s:
+            log(f"no new checkpoint for {idle_timeout_s:.0f}s: stopping (--timeout)")
+            return True
+        return False
+
+    try:
+        for latest in checkpoint_utils.checkpoints_iterator(
+            checkpoint_dir(workdir), seconds_to_sleep=poll_s, timeout=poll_s,
+            timeout_fn=finished, snapshot_dir=epath.Path(snap_dir.resolve()),
+        ):
+            last_progress = time.time()
+            log(f"new checkpoint: step {latest}")
+            sweep(paths(latest))
+    finally:
+        shutil.rmtree(snap_dir, ignore_errors=True)
+
+
+def wait_forever_message(workdir: str) -> str:
+    return f"waiting for checkpoints in {checkpoint_dir(workdir)} (Ctrl-C to stop)"
+
+
+def iter_once(workdir: str, step: int | None) -> Iterator[tuple[int, epath.Path]]:
+    """The one checkpoint a non-watch run evaluates: `step`, or the latest complete one."""
+    steps = finalized_steps(workdir)
+    if not steps:
+        raise SystemExit(
+            f"no complete checkpoint in {checkpoint_dir(workdir)}: train first, check --workdir, "
+            "or pass --watch to wait for one"
+        )
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise SystemExit(f"step {step} has no complete checkpoint; available steps: {steps}")
+    yield step, step_path(workdir, step)
