@@ -1,0 +1,188 @@
+"""LocCa training configs. `get_config(arg)` with arg one of VARIANTS (module docstring of each below).
+
+    python training/run.py --config training/configs/locca.py:tiny --workdir runs/demo/locca
+
+Any field can be overridden on the command line (`--config.optim.lr=3e-4`,
+`--config.model.dtype=bfloat16`, `--config.mesh.fsdp=8`). Variants:
+
+  tiny      LocCa on the demo's sample corpus, minutes on a 2-core CPU
+  cap_tiny  the same with the location tasks off: the plain-captioner baseline
+  micro     a few-second model for the trainer's tests
+  S16       ViT-S/16 + decoder at 224 px: the step-time/MFU benchmark model
+  B16, L14  the paper's recipe (224 px, batch 8192, lr 1e-3, 10k warmup + cosine, decoupled weight
+            decay 1e-4 on kernels, clip 1.0, text length 64, ~9B examples seen)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from model import configs as model_configs
+from training import data as data_lib
+
+VARIANTS = ("tiny", "cap_tiny", "micro", "S16", "B16", "L14")
+
+# Where `make demo` puts its shards and tokenizer (paths are relative to the repository root).
+DEMO_SHARDS = "runs/demo/shards/train-*.array_record"
+DEMO_TOKENIZER = "runs/demo/tokenizer/tok.model"
+# The paper: ~9B examples at batch 8192.
+PAPER_STEPS = 9_000_000_000 // 8192
+
+
+def _base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 32  # global, over all processes
+    c.tokenizer = DEMO_TOKENIZER
+
+    # Loader fields (training/data.py's default_config documents each). The shard glob is
+    # `train_glob`; the resolution and text length come from model.image_size / model.max_len
+    # (the trainer copies them into the loader, so the two cannot disagree).
+    c.data = data_lib.default_config()
+    for derived in ("paths", "image_size", "text_len"):
+        del c.data[derived]
+    c.data.train_glob = DEMO_SHARDS
+    c.data.num_workers = 0  # Grain mp_prefetch worker processes; 0 = in-process threads
+
+    c.model = model_configs.get_config("tiny")
+
+    # Loss: sum over tasks of each task's token-mean cross-entropy, times its weight.
+    c.loss = ml_collections.ConfigDict()
+    c.loss.task_weights = ml_collections.ConfigDict(dict(cap=1.0, aref=1.0, gcap=1.0))
+    c.loss.label_smoothing = 0.0
+    # CapPa: fraction of Cap examples decoded in parallel (masked inputs, bidirectional attention).
+    c.parallel_prob = 0.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"  # adamw | adafactor | sgd
+    c.optim.lr = 1e-3
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.decay_rate = 0.8  # adafactor only
+    c.optim.weight_decay = 1e-4  # decoupled: not multiplied by lr (training/optim.py)
+    c.optim.wd_pattern = r"/kernel$"
+    c.optim.grad_clip = 1.0
+    c.optim.frozen_pattern = ""  # e.g. "^img/" to train the decoder on a frozen encoder
+    c.optim.lr_mults = ()  # e.g. (("^img/", 0.1),)
+    c.optim.schedule = ml_collections.ConfigDict(
+        dict(name="cosine", warmup_steps=100, end_ratio=0.0, timescale=10_000, cooldown_steps=0)
+    )
+
+    # Initialise the encoder from a big_vision ViT .npz (strict; dont_load are regexes to skip).
+    c.init = ml_collections.ConfigDict(dict(encoder_npz="", dont_load=("head/.*",)))
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.sharding = ml_collections.ConfigDict(dict(rules=((".*", "fsdp"),), min_shard_size=1024))
+
+    c.checkpoint = ml_collections.ConfigDict(dict(interval=200, keep=3, use_async=True))
+    c.log_every = 20
+    c.progress_bar = True
+    # Peak FLOP/s of one device for MFU; 0 measures a float32 matmul at start-up (CPU).
+    c.peak_flops_per_device = 0.0
+    c.export_encoder = True
+    return c
+
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    """python training/run.py --config training/configs/locca.py:tiny --workdir runs/demo/locca
+
+    Expect the summed loss to fall from ~22 (3 x ln V) to under ~8 within a few hundred steps
+    and `aref` to emit well-formed boxes by the end.
+    """
+    c.total_steps = 1000
+    c.batch_size = 32
+    c.optim.lr = 1e-3
+    c.optim.schedule.warmup_steps = 100
+    c.checkpoint.interval = 200
+
+
+def _cap_tiny(c: ml_collections.ConfigDict) -> None:
+    """python training/run.py --config training/configs/locca.py:cap_tiny --workdir runs/demo/cap
+
+    The plain-captioner baseline: the same model and budget with the location tasks switched off.
+    """
+    _tiny(c)
+    c.loss.task_weights = ml_collections.ConfigDict(dict(cap=1.0, aref=0.0, gcap=0.0))
+    c.data.task_mix = "sample"  # with aref/gcap weight 0 below: every example is a Cap example
+    c.data.task_weights = ml_collections.ConfigDict(dict(cap=1.0, aref=0.0, gcap=0.0))
+
+
+def _micro(c: ml_collections.ConfigDict) -> None:
+    """python training/run.py --config training/configs/locca.py:micro --workdir /tmp/micro
+
+    A 2-layer, 64-wide model at 32 px for trainer tests: seconds per run.
+    """
+    c.model = model_configs.get_config(
+        "tiny", image_size=32, patch_size=16, width=64, depth=2, mlp_dim=128, num_heads=2,
+        dec_depth=1, max_len=24,
+    )
+    c.total_steps = 6
+    c.batch_size = 8
+    c.optim.schedule.warmup_steps = 2
+    c.checkpoint.interval = 2
+    c.log_every = 1
+    c.sharding.min_shard_size = 64
+
+
+def _paper(c: ml_collections.ConfigDict, model: str) -> None:
+    c.model = model_configs.get_config(model)
+    c.total_steps = PAPER_STEPS
+    c.batch_size = 8192
+    c.tokenizer = "gs://YOUR_BUCKET/tokenizer/c4_en_32k_loc.model"
+    c.data.train_glob = "gs://YOUR_BUCKET/shards/train-*.array_record"
+    c.data.num_workers = 16
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 1e-4
+    c.optim.grad_clip = 1.0
+    c.optim.schedule = ml_collections.ConfigDict(
+        dict(name="cosine", warmup_steps=10_000, end_ratio=0.0, timescale=10_000,
+             cooldown_steps=0)
+    )
+    c.checkpoint.interval = 1000
+    c.log_every = 100
+    c.mesh.fsdp = -1  # shard params and optimizer over every chip; pure FSDP
+    c.mesh.data = 1
+    c.model.dtype = "bfloat16"
+
+
+def _s16(c: ml_collections.ConfigDict) -> None:
+    """python training/run.py --config training/configs/locca.py:S16 --workdir WORKDIR
+
+    ViT-S/16 LocCa at 224 px with the paper's schedule shape; the benchmark's model
+    (tests/benchmarks/train_step.py). Batch 8192 on accelerators; override it on a CPU.
+    """
+    _paper(c, "S/16")
+
+
+def _b16(c: ml_collections.ConfigDict) -> None:
+    """python training/run.py --config training/configs/locca.py:B16 --workdir gs://B/locca_b16
+
+    The paper's LocCa B/16: 224 px, batch 8192, lr 1e-3, 10k warmup then cosine, decoupled wd 1e-4,
+    clip 1.0, text length 64, ~9B examples (1.1M steps). Set --config.data.train_glob and
+    --config.tokenizer to your shards and 32k tokenizer; multi-host via infra/train/.
+    """
+    _paper(c, "B/16")
+
+
+def _l14(c: ml_collections.ConfigDict) -> None:
+    """python training/run.py --config training/configs/locca.py:L14 --workdir gs://B/locca_l14
+
+    The paper's LocCa L/14 recipe (same as B16 with the ViT-L/14 encoder and its half-depth decoder).
+    """
+    _paper(c, "L/14")
+
+
+_SETUP = {"tiny": _tiny, "cap_tiny": _cap_tiny, "micro": _micro, "S16": _s16, "B16": _b16,
+          "L14": _l14}
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    """The training ConfigDict for one of VARIANTS."""
+    if arg not in _SETUP:
+        raise ValueError(f"unknown training config {arg!r}; choose one of {', '.join(VARIANTS)}")
+    c = _base()
+    _SETUP[arg](c)
+    c.variant = arg
+    return c

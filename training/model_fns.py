@@ -1,0 +1,124 @@
+"""Named model functions shared by the trainer and any evaluator: loss and predictions.
+
+Nothing here knows about a specific evaluator. The loss encodes each image once and decodes all
+active tasks in ONE decoder pass over a [B * T] batch laid out example-major (row b * T + t is task
+t of example b), so every device keeps its own examples' rows and no resharding is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from model.tasks import TASKS, parallel_inputs
+
+Batch = Mapping[str, jax.Array]
+
+
+def active_tasks(task_weights: Mapping[str, float]) -> tuple[str, ...]:
+    """Tasks with a non-zero loss weight (a zero-weight task is not decoded at all)."""
+    tasks = tuple(t for t in TASKS if float(task_weights.get(t, 0.0)) > 0.0)
+    if not tasks:
+        raise ValueError(f"every task weight is zero ({dict(task_weights)}); nothing to train")
+    return tasks
+
+
+def token_xent(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-token cross-entropy. logits float[..., V], targets int[...] -> float32[...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    if label_smoothing == 0.0:
+        return nll
+    # Smoothed targets: (1 - eps) on the label, eps spread uniformly over the vocabulary.
+    return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+
+
+def stack_tasks(batch: Batch, tasks: Sequence[str], *, parallel: jax.Array | None = None,
+                mask_id: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Interleaves tasks into one decoder batch.
+
+    Returns inputs int32[B*T, L], targets int32[B*T, L], loss_mask float32[B*T, L] and
+    parallel bool[B*T]. `parallel` bool[B] applies to the "cap" rows only (CapPa): their target
+    inputs become `mask_id` (tasks.parallel_inputs) and their attention is bidirectional.
+    """
+    ins, tgts, masks, pars = [], [], [], []
+    for task in tasks:
+        x, m = batch[f"{task}/inputs"], batch[f"{task}/loss_mask"]
+        p = jnp.zeros(x.shape[:1], bool)
+        if task == "cap" and parallel is not None:
+            x = jnp.where(parallel[:, None], parallel_inputs(x, m, mask_id), x)
+            p = parallel
+        ins.append(x)
+        tgts.append(batch[f"{task}/targets"])
+        masks.append(m)
+        pars.append(p)
+
+    def interleave(xs):
+        return jnp.stack(xs, axis=1).reshape((-1,) + xs[0].shape[1:])
+
+    return interleave(ins), interleave(tgts), interleave(masks), interleave(pars)
+
+
+def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
+            task_weights: Mapping[str, float], label_smoothing: float = 0.0,
+            parallel_prob: float = 0.0, mask_id: int = 0,
+            train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The LocCa training loss and its per-task parts.
+
+    batch: "image" float[B, H, W, 3] and "{task}/inputs|targets|loss_mask" [B, L] per task.
+    Loss = sum_t w_t * (sum of task t's masked token losses / its masked token count over the
+    global batch). Returns (loss, aux) with aux "{task}/loss", "{task}/accuracy", "{task}/tokens".
+    """
+    tasks = active_tasks(task_weights)
+    rng_par, rng_drop = jax.random.split(rng)
+    images = batch["image"]
+    b = images.shape[0]
+    parallel = None
+    if parallel_prob > 0.0 and "cap" in tasks:
+        parallel = jax.random.bernoulli(rng_par, parallel_prob, (b,))
+    inputs, targets, mask, par = stack_tasks(batch, tasks, parallel=parallel, mask_id=mask_id)
+    rngs = {"dropout": rng_drop}
+    encoded = model.apply({"params": params}, images, train=train, rngs=rngs, method="encode")
+    # [B, N, D] -> [B*T, N, D], example-major like the stacked task rows.
+    encoded = jnp.repeat(encoded, len(tasks), axis=0)
+    logits = model.apply({"params": params}, encoded, inputs,
+                         parallel=par if parallel is not None else None, train=train,
+                         rngs=rngs, method="decode")
+    xent = token_xent(logits, targets, label_smoothing)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    t = len(tasks)
+    xent, correct, mask = (a.reshape(b, t, -1) for a in (xent, correct, mask))
+    aux: dict[str, jax.Array] = {}
+    total = jnp.zeros((), jnp.float32)
+    for i, task in enumerate(tasks):
+        m = mask[:, i]
+        count = jnp.sum(m)
+        denom = jnp.maximum(count, 1.0)
+        task_loss = jnp.sum(xent[:, i] * m) / denom
+        aux[f"{task}/loss"] = task_loss
+        aux[f"{task}/accuracy"] = jnp.sum(correct[:, i] * m) / denom
+        aux[f"{task}/tokens"] = count
+        total = total + float(task_weights[task]) * task_loss
+    return total, aux
+
+
+def encode(params: Any, model: Any, images: jax.Array) -> jax.Array:
+    """images float[B, H, W, 3] in [-1, 1] -> encoder tokens float[B, N, D] (inference mode)."""
+    return model.apply({"params": params}, images, method="encode")
+
+
+def predict_logits(params: Any, model: Any, images: jax.Array, inputs: jax.Array) -> jax.Array:
+    """Teacher-forced logits float32[B, L, V] for inputs int[B, L] (autoregressive attention)."""
+    return model.apply({"params": params}, images, inputs)
+
+
+def make_decode_fn(params: Any, model: Any):
+    """A `decode_fn(encoded, inputs) -> logits` for model/generate.py's greedy/beam search."""
+
+    def decode_fn(encoded: jax.Array, inputs: jax.Array) -> jax.Array:
+        return model.apply({"params": params}, encoded, inputs, method="decode")
+
+    return decode_fn

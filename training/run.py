@@ -1,0 +1,45 @@
+"""Train LocCa: `python training/run.py --config training/configs/locca.py:tiny --workdir DIR`.
+
+Overrides: `--config.key=value` (e.g. `--config.total_steps=200 --config.model.dtype=bfloat16`).
+The same command resumes after a stop or preemption; `--export_only` writes DIR/encoder.npz from
+the latest checkpoint and exits. Multi-host jobs call jax.distributed.initialize() first (when the
+environment describes one), before anything else touches JAX.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Running the file directly (python training/run.py) puts training/ on sys.path, not the repo.
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file, e.g. training/configs/locca.py:tiny", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and DONE go.")
+_EXPORT_ONLY = flags.DEFINE_bool(
+    "export_only", False, "Only export the latest checkpoint's encoder to WORKDIR/encoder.npz.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments {argv[1:]}: flags look like --name=value")
+    if _CONFIG.value is None:
+        raise SystemExit("missing --config: e.g. --config training/configs/locca.py:tiny")
+    if not _WORKDIR.value:
+        raise SystemExit("missing --workdir: the directory for checkpoints and metrics")
+    from training import trainer  # Imports JAX: after flag parsing, before any JAX call below.
+
+    trainer.distributed_from_env()
+    status = trainer.train(_CONFIG.value, _WORKDIR.value, export_only=_EXPORT_ONLY.value)
+    logging.info("training %s", status)
+    print(f"training {status}: {_WORKDIR.value}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

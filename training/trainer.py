@@ -1,0 +1,276 @@
+"""The LocCa training loop: set-up, resume, train, checkpoint, export. `train(config, workdir)`.
+
+Workdir layout (evaluation reads it; see WORKSPACE.md): config.json, checkpoints/<step>/{params,
+train_state,data_iter}, metrics.jsonl, tensorboard/, encoder.npz, DONE.
+
+Preemption: SIGTERM (single process) or JAX's preemption sync point (multi-host) saves a checkpoint
+at the current step boundary and returns "preempted"; the same command then resumes exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from model.locca import LocCa, init_params
+from model.tokenizer import Tokenizer
+from model.vit_checkpoint import export_encoder
+from training import data as data_lib
+from training import metrics as metrics_lib
+from training import sharding
+from training import train_state as ts
+from training.checkpointing import Checkpointer
+from training.optim import make_optimizer
+
+
+def _fail(message: str) -> None:
+    raise SystemExit(message)
+
+
+def check_inputs(config: ml_collections.ConfigDict) -> None:
+    """Every path the run needs exists; one readable line otherwise (before compiling anything)."""
+    tok = epath.Path(config.tokenizer)
+    if not tok.exists():
+        _fail(f"tokenizer {config.tokenizer} not found: set --config.tokenizer to a SentencePiece "
+              ".model (train one with pipelines/train_tokenizer.py)")
+    try:
+        data_lib.expand_paths(config.data.train_glob)
+    except data_lib.DataError:
+        _fail(f"no training shards match {config.data.train_glob!r}: set "
+              "--config.data.train_glob to your ArrayRecord shards (pipelines/annotate.py)")
+    npz = config.init.get("encoder_npz", "")
+    if npz and not epath.Path(npz).exists():
+        _fail(f"encoder checkpoint {npz} not found: fix --config.init.encoder_npz or set it to ''")
+    if config.batch_size % jax.process_count():
+        _fail(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} "
+              "processes: change --config.batch_size")
+
+
+def resolve_config(config: ml_collections.ConfigDict, tok: Tokenizer) -> ml_collections.ConfigDict:
+    """The config with tokenizer-derived model fields filled in (what config.json records)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.vocab_size = tok.vocab_size
+    config.model.pad_id = tok.pad_id
+    config.model.parallel_prob = float(config.parallel_prob)
+    return config
+
+
+def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The loader's config: config.data plus the shard glob, resolution and text length."""
+    c = ml_collections.ConfigDict(config.data.to_dict())
+    c.paths = c.train_glob
+    c.image_size = config.model.image_size
+    c.text_len = config.model.max_len
+    return c
+
+
+def _write_atomic(path: epath.Path, text: str) -> None:
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
+def _host_params(params: Any) -> Any:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_get(params)
+
+
+class _StopFlag:
+    """Set by SIGTERM; checked at step boundaries."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def install(self) -> None:
+        # Multi-host runs leave SIGTERM to JAX's preemption service (checked via Orbax).
+        if jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        self.set = True
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool = False) -> str:
+    """Trains (or resumes) to config.total_steps. Returns "done", "preempted" or "exported"."""
+    check_inputs(config)
+    workdir_path = epath.Path(workdir)
+    primary = jax.process_index() == 0
+    tok = Tokenizer.load(config.tokenizer)
+    config = resolve_config(config, tok)
+    if primary:
+        workdir_path.mkdir(parents=True, exist_ok=True)
+        _write_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2) + "\n")
+
+    mesh = sharding.make_mesh(config.mesh)
+    model = LocCa(config.model)
+    abstract_params = jax.eval_shape(lambda r: init_params(model, r), jax.random.PRNGKey(0))
+    tx, lr_fn = make_optimizer(config.optim, config.total_steps, abstract_params)
+    abstract, shardings = ts.state_shardings(model, tx, mesh, config.sharding)
+    ckpt = Checkpointer(str(workdir_path / "checkpoints"), interval=config.checkpoint.interval,
+                        keep=config.checkpoint.keep, use_async=config.checkpoint.use_async)
+    latest = ckpt.latest_step()
+
+    if export_only:
+        if latest is None:
+            _fail(f"no checkpoint in {workdir_path / 'checkpoints'} to export from")
+        params, _ = ckpt.restore(latest, abstract["params"],
+                                 ts.split_for_checkpoint(abstract)[1], None)
+        if primary:
+            export_encoder(_host_params(params), str(workdir_path / "encoder.npz"))
+        ckpt.close()
+        return "exported"
+
+    it = data_lib.make_train_iter(
+        data_config(config), tok, global_batch_size=config.batch_size, seed=config.seed,
+        num_workers=int(config.data.num_workers))
+    if latest is not None:
+        params, rest = ckpt.restore(latest, abstract["params"],
+                                    ts.split_for_checkpoint(abstract)[1], it)
+        state = ts.join_from_checkpoint(params, rest)
+        logging.info("resumed from step %d", latest)
+    else:
+        state = ts.init_state(model, tx, shardings, config.seed, config.init)
+
+    step_fn = ts.jit_train_step(
+        ts.make_train_step(model, tx, lr_fn, config, tok.mask_id, abstract_params),
+        shardings, mesh)
+    status = _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params, primary)
+    if hasattr(it, "close"):
+        it.close()
+    return status
+
+
+def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
+          primary) -> str:
+    step = int(jax.device_get(state["step"]))
+    total = int(config.total_steps)
+    writer = metrics_lib.MetricsWriter(str(workdir_path), enabled=primary)
+    bar = metrics_lib.progress_bar(total, step, enabled=primary and config.progress_bar)
+    stop = _StopFlag()
+    stop.install()
+    perf = _Perf(config, mesh, abstract_params)
+    compiled = None
+    status = "done"
+    try:
+        while step < total:
+            if stop.set or ckpt.reached_preemption(step):
+                status = "preempted"
+                break
+            batch = sharding.put_batch(ts.numeric_batch(next(it)), mesh)
+            if compiled is None:
+                compiled = step_fn.lower(state, batch).compile()
+                perf.set_compiled(compiled)
+            state, metrics = compiled(state, batch)
+            step += 1
+            perf.tick()
+            if bar is not None:
+                bar.update(1)
+            if step % config.log_every == 0 or step == total:
+                row = perf.row(jax.device_get(metrics))
+                writer.write(step, row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                else:
+                    logging.info("step %d: %s", step, _brief(row))
+            params, rest = ts.split_for_checkpoint(state)
+            ckpt.save(step, params, rest, it, force=(step == total))
+        if status == "preempted":
+            params, rest = ts.split_for_checkpoint(state)
+            if ckpt.latest_step() != step:
+                ckpt.save(step, params, rest, it, force=True)
+            logging.info("preempted at step %d: checkpoint saved, exiting", step)
+        ckpt.wait()
+        if status == "done":
+            if primary and config.export_encoder:
+                export_encoder(_host_params(state["params"]),
+                               str(workdir_path / "encoder.npz"))
+            if primary:
+                _write_atomic(workdir_path / "DONE", f"{step}\n")
+    finally:
+        stop.uninstall()
+        ckpt.close()
+        writer.close()
+        if bar is not None:
+            bar.close()
+    return status
+
+
+def _brief(row: dict[str, float]) -> str:
+    keys = ("loss", "cap/loss", "aref/loss", "gcap/loss", "examples_per_sec", "mfu")
+    return " ".join(f"{k}={row[k]:.4g}" for k in keys if k in row)
+
+
+class _Perf:
+    """Throughput and MFU for the metrics rows."""
+
+    def __init__(self, config, mesh, abstract_params):
+        self.batch = int(config.batch_size)
+        self.tokens = self.batch * 3 * int(config.model.max_len)
+        self.n_devices = mesh.devices.size
+        self.platform = mesh.devices.flat[0].platform
+        self.peak = float(config.peak_flops_per_device)
+        self.flops = None
+        self.flops_source = ""
+        self.throughput = metrics_lib.Throughput()
+        c = config.model
+        self.analytic = metrics_lib.analytic_step_flops(
+            _count(abstract_params["img"]), _count(abstract_params["txt"]), self.batch,
+            (c.image_size // c.patch_size) ** 2, 3 * int(c.max_len))
+
+    def set_compiled(self, compiled) -> None:
+        per_device = metrics_lib.compiled_flops(compiled)
+        self.flops = per_device * self.n_devices if per_device else self.analytic
+        if not self.peak:
+            self.peak = metrics_lib.measure_peak_flops()
+        self.throughput = metrics_lib.Throughput()  # start timing after compilation
+
+    def tick(self) -> None:
+        self.throughput.tick()
+
+    def row(self, metrics: dict[str, Any]) -> dict[str, float]:
+        sec, _ = self.throughput.rates()
+        row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        row["step_time"] = sec
+        row["examples_per_sec"] = self.batch / sec
+        row["tokens_per_sec"] = self.tokens / sec
+        # Simulated CPU devices share the host's cores: the measured peak is the whole host's.
+        peak_total = self.peak * (1 if self.platform == "cpu" else self.n_devices)
+        row["flops_per_step"] = self.flops or self.analytic
+        row["mfu"] = row["flops_per_step"] / sec / peak_total
+        return row
+
+
+def _count(tree: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def distributed_from_env() -> None:
+    """jax.distributed.initialize() when the environment describes a multi-process job.
+
+    Must run before any other JAX call. TPU pods and Slurm/Kubernetes JobSets are auto-detected
+    by JAX; JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID) covers the rest.
+    """
+    markers = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+               "SLURM_JOB_ID", "JOBSET_NAME")
+    if any(os.environ.get(m) for m in markers) and os.environ.get("LOCCA_SINGLE_PROCESS") != "1":
+        t = time.time()
+        jax.distributed.initialize()
+        logging.info("jax.distributed initialised in %.1fs: process %d of %d", time.time() - t,
+                     jax.process_index(), jax.process_count())
