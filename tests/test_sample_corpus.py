@@ -1,0 +1,350 @@
+"""The synthetic sample corpus: readable by the real clients, deterministic, unambiguous refs.
+
+The referring expressions are checked by an interpreter written here from the words alone plus the
+boxes and attributes in instances.json, not by asking the generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import sample_corpus
+from pipelines.corpus import web
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_TRAIN, NUM_EVAL, SEED, SHARD = 40, 30, 0, 16
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    return sample_corpus.generate(out, NUM_TRAIN, NUM_EVAL, SEED, shard_size=SHARD, workers=1)
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _load(path: Path):
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- web shards
+
+
+def test_webdataset_reads_every_sample(corpus):
+    import webdataset as wds
+
+    shards = corpus["shards"]
+    assert [p.name for p in shards] == ["shard-00000.tar", "shard-00001.tar", "shard-00002.tar"]
+    samples = list(wds.WebDataset([str(p) for p in shards], shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(NUM_TRAIN)]
+    sizes, counts = set(), []
+    for s in samples:
+        assert {"jpg", "json", "txt"} <= set(s), s.keys()
+        meta = json.loads(s["json"])
+        assert meta["key"] == s["__key__"] and meta["status"] == "success"
+        assert meta["error_message"] is None
+        assert meta["caption"] == s["txt"].decode("utf-8")
+        img = Image.open(io.BytesIO(s["jpg"]))
+        assert img.format == "JPEG" and img.mode == "RGB"
+        assert img.size == (meta["width"], meta["height"])
+        assert (meta["original_width"], meta["original_height"]) == img.size
+        assert 160 <= min(img.size) and max(img.size) <= 640
+        sizes.add(img.size)
+        regions = meta["regions"]
+        assert 1 <= len(regions) <= 6 and meta["scene"]["num_objects"] == len(regions)
+        counts.append(len(regions))
+        for r in regions:
+            ymin, xmin, ymax, xmax = r["bbox"]
+            assert 0 <= ymin < ymax <= 1 and 0 <= xmin < xmax <= 1, r["bbox"]
+            assert r["phrase"] == f"{r['color']} {r['shape']}"
+            assert r["names"][0] == r["phrase"] and r["shape"] in r["names"]
+            assert f"{r['size']} {r['phrase']}" in r["names"]
+            assert r["size"] in ("small", "medium", "large")
+            assert 0 <= r["occluded_fraction"] <= 0.6
+        assert meta["scene"]["dominant_shape"] in {r["shape"] for r in regions}
+        assert meta["scene"]["background"] in ("plain", "gradient", "noise", "texture")
+    assert any(w != h for w, h in sizes) and len(sizes) > 20
+    assert len(set(counts)) >= 4  # object counts vary
+
+
+def test_boxes_cover_the_drawn_objects(corpus):
+    """Inside each visible box, pixels differ from the background; the box is tight-ish."""
+    import webdataset as wds
+
+    checked = 0
+    for s in wds.WebDataset([str(p) for p in corpus["shards"]], shardshuffle=False):
+        meta = json.loads(s["json"])
+        if meta["scene"]["background"] != "plain":
+            continue
+        px = np.asarray(Image.open(io.BytesIO(s["jpg"])), np.float32)
+        bg = np.median(px.reshape(-1, 3), axis=0)
+        h, w = px.shape[:2]
+        for r in meta["regions"]:
+            y0, x0, y1, x1 = (round(v * d) for v, d in zip(r["bbox"], (h, w, h, w), strict=True))
+            differs = np.abs(px[y0:y1, x0:x1] - bg).max(-1) > 40
+            assert differs.mean() > 0.2, (meta["key"], r)
+            # the box is tight: the object reaches within 2 px of each edge (JPEG blurs thin tips)
+            assert differs[:2].any() and differs[-2:].any(), (meta["key"], r)
+            assert differs[:, :2].any() and differs[:, -2:].any(), (meta["key"], r)
+            checked += 1
+    assert checked >= 10
+
+
+def _ngrams(text: str, n_max: int = 4) -> set[str]:
+    words = re.sub(r"[^a-z\- ]", " ", text.lower()).split()
+    return {" ".join(words[i : i + n]) for n in range(1, n_max + 1) for i in range(len(words))}
+
+
+def test_alt_texts_name_the_objects():
+    """Most alt-texts name most objects with a region name; few are useless; words vary."""
+    metas = [json.loads(web.make_sample(SEED, i)[3]) for i in range(200)]
+    named_fraction, useless, vocabulary = [], 0, set()
+    for meta in metas:
+        grams = _ngrams(meta["caption"])
+        vocabulary |= grams
+        named = [any(n in grams for n in r["names"] if " " in n) for r in meta["regions"]]
+        if not any(named):
+            useless += 1
+        named_fraction.append(np.mean(named))
+    assert np.mean([f >= 0.5 for f in named_fraction]) > 0.8
+    assert 0 < useless / len(metas) < 0.12
+    # synonyms and web noise are present
+    assert {"crimson", "box", "stock photo", "free download"} & vocabulary
+    assert any(re.search(r"img_\d+", m["caption"].lower()) for m in metas)
+    assert len({m["caption"] for m in metas}) > 185
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_arguments_same_bytes_and_seed_matters(corpus, tmp_path):
+    first = _hashes(corpus["output_dir"])
+    again = sample_corpus.generate(tmp_path / "a", NUM_TRAIN, NUM_EVAL, SEED, shard_size=SHARD)
+    assert _hashes(again["output_dir"]) == first
+    other = sample_corpus.generate(tmp_path / "b", NUM_TRAIN, NUM_EVAL, SEED + 1, shard_size=SHARD)
+    other_hashes = _hashes(other["output_dir"])
+    assert other_hashes.keys() == first.keys()
+    assert all(other_hashes[k] != first[k] for k in first if k.startswith("web/"))
+
+
+def test_samples_do_not_depend_on_count_or_workers(corpus, tmp_path):
+    small = sample_corpus.generate(tmp_path / "s", 10, 5, SEED, shard_size=SHARD, workers=2)
+    import tarfile
+
+    def members(path, limit):
+        with tarfile.open(path) as tar:
+            return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()][:limit]
+
+    assert members(small["shards"][0], 30) == members(corpus["shards"][0], 30)
+    big_imgs = corpus["images_dir"]
+    for p in sorted(small["images_dir"].iterdir()):
+        assert p.read_bytes() == (big_imgs / p.name).read_bytes()
+
+
+# ---------------------------------------------------------------- eval: COCO + RefCOCO
+
+
+def test_eval_is_valid_coco_with_disjoint_splits(corpus):
+    from pycocotools.coco import COCO
+
+    inst = COCO(str(corpus["instances"]))
+    caps = COCO(str(corpus["captions"]))
+    assert len(inst.getImgIds()) == NUM_EVAL and set(caps.getImgIds()) == set(inst.getImgIds())
+    names = {c["name"] for c in inst.loadCats(inst.getCatIds())}
+    assert {"circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "heart"} <= names
+    for img in inst.loadImgs(inst.getImgIds()):
+        path = corpus["images_dir"] / img["file_name"]
+        with Image.open(path) as im:
+            assert im.size == (img["width"], img["height"])
+        anns = inst.loadAnns(inst.getAnnIds(imgIds=img["id"]))
+        assert len(anns) == img["num_objects"] >= 1
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            assert a["iscrowd"] == 0 and w > 0 and h > 0 and 0 < a["area"] <= w * h
+            assert x >= 0 and y >= 0 and x + w <= img["width"] and y + h <= img["height"]
+        assert img["dominant_shape"] in {inst.cats[a["category_id"]]["name"] for a in anns}
+        n_caps = len(caps.getAnnIds(imgIds=img["id"]))
+        assert 2 <= n_caps <= 3
+    refs = _load(corpus["refs"])
+    split_images: dict[str, set[int]] = {}
+    for ref in refs:
+        assert set(ref) >= {
+            "ref_id",
+            "ann_id",
+            "image_id",
+            "split",
+            "sentences",
+            "category_id",
+            "file_name",
+        }
+        assert inst.anns[ref["ann_id"]]["image_id"] == ref["image_id"]
+        assert inst.anns[ref["ann_id"]]["category_id"] == ref["category_id"]
+        assert ref["split"] == inst.imgs[ref["image_id"]]["split"]
+        for s in ref["sentences"]:
+            assert s["tokens"] == s["sent"].split() and s["raw"].lower().rstrip(".") == s["sent"]
+        split_images.setdefault(ref["split"], set()).add(ref["image_id"])
+    assert set(split_images) == {"train", "val", "testA", "testB"}
+    splits = list(split_images.values())
+    for i, a in enumerate(splits):
+        for b in splits[i + 1 :]:
+            assert not a & b
+    assert len(split_images["train"]) / NUM_EVAL == pytest.approx(0.6, abs=0.1)
+    # most objects get an expression
+    assert len(refs) >= 0.8 * len(inst.anns)
+
+
+# The interpreter: words -> the set of annotations they can denote, from instances.json only.
+_FILLER = {"the", "on", "at", "to", "of"}
+_EXTREMES = {
+    "left": (0, 1),
+    "leftmost": (0, 1),
+    "right": (0, -1),
+    "rightmost": (0, -1),
+    "top": (1, 1),
+    "upper": (1, 1),
+    "bottom": (1, -1),
+    "lower": (1, -1),
+}
+_RELATIONS = {"above": (1, 1), "below": (1, -1), "left of": (0, 1), "right of": (0, -1)}
+
+
+def _center(ann):
+    x, y, w, h = ann["bbox"]
+    return (x + w / 2, y + h / 2)
+
+
+def _select(words, anns, vocab):
+    """Objects matching the colour/shape/size words (and an extreme-position word, if any)."""
+    colors, shapes, sizes = vocab
+    picked, extreme = anns, None
+    assert any(w in shapes for w in words), f"no shape in {words}"
+    for w in words:
+        if w in colors:
+            picked = [a for a in picked if a["color"] == w]
+        elif w in shapes:
+            picked = [a for a in picked if a["shape"] == w]
+        elif w in sizes:
+            picked = [a for a in picked if a["size"] == w]
+        elif w in _EXTREMES:
+            extreme = _EXTREMES[w]
+        else:
+            assert w in _FILLER, f"interpreter does not know the word {w!r}"
+    if extreme and picked:
+        axis, sign = extreme
+        best = min(sign * _center(a)[axis] for a in picked)
+        # a small tolerance: a position word must pick a clear winner, not a near tie
+        tol = 0.02 * (anns[0]["_dims"][axis])
+        picked = [a for a in picked if sign * _center(a)[axis] <= best + tol]
+    return picked
+
+
+def _interpret(sent, anns, vocab):
+    for phrase, (axis, sign) in _RELATIONS.items():
+        if f" {phrase} " in f" {sent} ":
+            target, anchor = sent.split(f" {phrase} ", 1)
+            target_words = [w for w in target.split() if w not in ("to",)]
+            anchors = _select(anchor.split(), anns, vocab)
+            assert len(anchors) == 1, f"anchor of {sent!r} is ambiguous"
+            a = sign * _center(anchors[0])[axis]
+            return [
+                t
+                for t in _select(target_words, anns, vocab)
+                if t is not anchors[0] and sign * _center(t)[axis] < a
+            ]
+    return _select(sent.split(), anns, vocab)
+
+
+def test_every_referring_expression_is_unambiguous(corpus):
+    inst = _load(corpus["instances"])
+    shapes_by_id = {c["id"]: c["name"] for c in inst["categories"]}
+    images = {im["id"]: im for im in inst["images"]}
+    by_image: dict[int, list[dict]] = {}
+    for a in inst["annotations"]:
+        im = images[a["image_id"]]
+        by_image.setdefault(a["image_id"], []).append(
+            {**a, "shape": shapes_by_id[a["category_id"]], "_dims": (im["width"], im["height"])}
+        )
+    vocab = (
+        {a["color"] for a in inst["annotations"]},
+        set(shapes_by_id.values()),
+        {"small", "medium", "large"},
+    )
+    kinds = {"plain": 0, "size": 0, "extreme": 0, "relation": 0}
+    needless_position = 0
+    for ref in _load(corpus["refs"]):
+        anns = by_image[ref["image_id"]]
+        target = next(a for a in anns if a["id"] == ref["ann_id"])
+        same = [a for a in anns if (a["color"], a["shape"]) == (target["color"], target["shape"])]
+        for k, s in enumerate(ref["sentences"]):
+            found = _interpret(s["sent"], anns, vocab)
+            assert [a["id"] for a in found] == [ref["ann_id"]], (s["sent"], ref, anns)
+            words = set(s["sent"].split())
+            if any(f" {r} " in f" {s['sent']} " for r in _RELATIONS):
+                kinds["relation"] += 1
+            elif words & set(_EXTREMES):
+                kinds["extreme"] += 1
+                needless_position += k == 0 and len(same) == 1
+            elif words & vocab[2]:
+                kinds["size"] += 1
+            else:
+                kinds["plain"] += 1
+            # simplest first: a unique colour+shape is not padded with a size word
+            if k == 0 and len(same) == 1:
+                assert not words & vocab[2], s["sent"]
+    assert all(v > 0 for v in kinds.values()), kinds
+    assert needless_position > 0
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_writes_corpus_and_rejects_bad_flags(tmp_path):
+    script = str(REPO / "pipelines" / "sample_corpus.py")
+    out = tmp_path / "cli"
+    ok = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--output",
+            str(out),
+            "--num_train",
+            "3",
+            "--num_eval",
+            "2",
+            "--seed",
+            "5",
+            "--shard_size",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert str(out) in ok.stdout
+    assert sorted(p.name for p in (out / "web").iterdir()) == ["shard-00000.tar", "shard-00001.tar"]
+    base = ["--output", str(out), "--num_eval", "1", "--seed", "0"]
+    for args in (base + ["--num_train", "x"], base + ["--num_train", "-1"], base):
+        r = subprocess.run(
+            [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, check=False
+        )
+        assert r.returncode != 0
+        err = r.stderr.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1 and "num_train" in err, err
