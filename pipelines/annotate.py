@@ -264,27 +264,59 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dic
     )
 
 
-def run(argv: list[str] | None = None, *, test_runner: str | None = None) -> dict:
-    """Parses flags, checks inputs and output, runs the pipeline; returns the manifest."""
-    options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+def _reject_unknown_flags(argv: list[str]) -> None:
+    """Beam silently drops flags it does not know; a misspelt threshold must not run a job."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen: dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(argv)
+    flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
+    if flags:
+        raise _fail(f"unknown flag(s) {' '.join(flags)}; run with --help for the list")
+
+
+def run_with_metrics(argv: list[str] | None = None) -> tuple[dict, dict[str, int]]:
+    """Like run(), also returning the `annotate*` Beam counters (name -> committed value)."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    options = PipelineOptions(argv)
     try:
         opts = options.view_as(AnnotateOptions)
         _ = opts.input, opts.output
-    except SystemExit as e:  # argparse already printed the one-line usage error.
-        raise _fail("bad flags (see the message above); run with --help for the list") from e
-    if test_runner:
-        options.view_as(StandardOptions).runner = test_runner
+    except SystemExit as e:  # argparse already printed its one-line error.
+        raise _fail("bad flags (see the line above); run with --help for the list") from e
+    _reject_unknown_flags(argv)
     files = check_options(opts)
-    config = _config_dict(options) | {"input_files": len(files)}
-    with beam.Pipeline(options=options) as p:
-        build(p, opts, files, config)
+    config = _config_dict(options) | {"input_files": len(files),
+                                      "num_shards_resolved": opts.num_shards or len(files)}
+    p = beam.Pipeline(options=options)
+    build(p, opts, files, config)
+    result = p.run()
+    result.wait_until_finish()
+    metrics: dict[str, int] = {}
+    for c in result.metrics().query()["counters"]:
+        if c.key.metric.namespace.startswith("annotate"):
+            name = c.key.metric.name
+            metrics[name] = metrics.get(name, 0) + int(c.committed or c.attempted or 0)
     with FileSystems.open(FileSystems.join(opts.output, "manifest.json")) as f:
         manifest = json.loads(f.read())
     c = manifest["counts"]
     print(f"annotate: read {c['read']}, wrote {c['written']} records in {len(manifest['shards'])} "
           f"shards, dead-lettered {c['dead_lettered']}, filtered {c['filtered']}, "
           f"{manifest['boxes']['total']} boxes -> {opts.output}", file=sys.stderr)
-    return manifest
+    return manifest, metrics
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parses flags, checks input and output before any work, runs the pipeline.
+
+    Returns the manifest (also written to OUTPUT/manifest.json).
+    """
+    return run_with_metrics(argv)[0]
 
 
 if __name__ == "__main__":

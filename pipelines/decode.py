@@ -28,6 +28,10 @@ from PIL import Image, ImageFile, ImageOps
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+# Signatures of the formats img2dataset writes (JPEG, PNG, GIF, WebP's RIFF container).
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"RIFF")
+
+
 class BadInput(ValueError):
     """Input that cannot become a record; `reason` is the dead-letter reason."""
 
@@ -108,20 +112,23 @@ def decode_image(data: bytes, config: DecodeConfig) -> DecodedImage:
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise BadInput("image_too_large", str(e)) from None
-    except Exception as e:  # UnidentifiedImageError and friends: the bytes are not an image.
-        raise BadInput("not_an_image", f"{type(e).__name__}: {e}") from None
+    except Exception as e:  # UnidentifiedImageError and friends.
+        # A known signature that Pillow cannot parse is an image cut short inside its headers.
+        reason = "truncated_image" if data.startswith(_MAGIC) else "not_an_image"
+        raise BadInput(reason, f"{type(e).__name__}: {e}") from None
     width, height = im.size
     if width * height > config.max_pixels:
         raise BadInput("image_too_large", f"{width}x{height} over the cap of {config.max_pixels} px")
     if min(width, height) < config.min_side:
         raise BadInput("image_too_small", f"{width}x{height}, min side {config.min_side}")
     source_format = im.format
-    orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
     target = max(config.store_max_side, config.detect_max_side)
-    if source_format == "JPEG" and config.store_max_side > 0 and config.detect_max_side > 0:
-        # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 size directly, several times faster.
-        im.draft("RGB", (target, target))
     try:
+        # getexif() may read to the end of a PNG, so it belongs inside the truncation guard.
+        orientation = im.getexif().get(0x0112, 1)
+        if source_format == "JPEG" and config.store_max_side > 0 and config.detect_max_side > 0:
+            # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 size directly, several times faster.
+            im.draft("RGB", (target, target))
         im.load()
         im = ImageOps.exif_transpose(im)
         rgb = _to_rgb(im)

@@ -1,0 +1,269 @@
+"""The annotate stage's pieces on their own: decode, sources, post-processing, reference labeller,
+shard sink, preview. Fast (no Beam pipeline); the end-to-end runs are in test_annotate_pipeline.py."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import preview, shard_sink
+from pipelines import record as record_lib
+from pipelines.decode import BadInput, DecodeConfig, decode_image
+from pipelines.labelers.base import Detections, LabelerInput
+from pipelines.labelers.reference import ReferenceLabeler, normalize, score_matrix
+from pipelines.postprocess import PostprocessConfig, iou_matrix, nms, select_regions
+from pipelines.sources import DeadLetter, RawSample, SourceConfig, read_file
+from tests import annotate_fixtures as af
+
+CFG = DecodeConfig()
+
+
+def _noisy_jpeg() -> bytes:
+    rng = np.random.default_rng(0)
+    return af.jpeg(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+
+
+def _rgb(img_bytes: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(img_bytes)).convert("RGB"))
+
+
+# ----------------------------------------------------------------------------------------- decode
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "empty_image"),
+        (b"this is not an image at all", "not_an_image"),
+        (af.jpeg(Image.new("RGB", (64, 64), "red"))[:300], "truncated_image"),  # in headers
+        (_noisy_jpeg()[:-400], "truncated_image"),  # in the scan data
+        (af.png(Image.new("RGB", (64, 64), "red"))[:-30], "truncated_image"),
+        (af.jpeg(Image.new("RGB", (4, 64), "red")), "image_too_small"),
+    ],
+)
+def test_decode_rejects(data, reason):
+    with pytest.raises(BadInput) as e:
+        decode_image(data, CFG)
+    assert e.value.reason == reason
+
+
+def test_pixel_cap_checked_from_header():
+    big = af.png(Image.new("L", (300, 300)))
+    with pytest.raises(BadInput) as e:
+        decode_image(big, DecodeConfig(max_pixels=300 * 300 - 1))
+    assert e.value.reason == "image_too_large"
+    assert decode_image(big, DecodeConfig(max_pixels=300 * 300)).width == 300
+
+
+@pytest.mark.parametrize(
+    "im,expected",
+    [
+        (Image.new("CMYK", (32, 24), (0, 255, 255, 0)), (255, 0, 0)),  # CMYK red
+        (Image.new("L", (32, 24), 100), (100, 100, 100)),
+        (Image.new("RGBA", (32, 24), (0, 0, 255, 0)), (255, 255, 255)),  # transparent -> white
+        (Image.new("LA", (32, 24), (0, 255)), (0, 0, 0)),
+    ],
+)
+def test_modes_become_rgb(im, expected):
+    data = af.jpeg(im) if im.mode == "CMYK" else af.png(im)
+    out = decode_image(data, CFG)
+    assert out.pixels.dtype == np.uint8 and out.pixels.shape == (24, 32, 3)
+    np.testing.assert_allclose(out.pixels[12, 16], expected, atol=8)
+    np.testing.assert_allclose(_rgb(out.stored)[12, 16], expected, atol=10)
+
+
+def test_palette_with_transparency():
+    im = Image.new("P", (20, 20), 1)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    im.info["transparency"] = 0
+    im.putpixel((0, 0), 0)
+    out = decode_image(af.png(im), CFG)
+    np.testing.assert_array_equal(out.pixels[0, 0], [255, 255, 255])  # transparent index
+    np.testing.assert_array_equal(out.pixels[10, 10], [255, 0, 0])
+
+
+def test_16_bit_is_rescaled_not_clipped():
+    arr = np.full((16, 16), 32768, np.uint16)
+    out = decode_image(af.png(Image.fromarray(arr, "I;16")), CFG)
+    assert abs(int(out.pixels[0, 0, 0]) - 128) <= 1
+
+
+def test_exif_rotation_applied():
+    upright = Image.new("RGB", (40, 80), "white")  # 40 wide, 80 tall; red block at the top
+    upright.paste((255, 0, 0), (0, 0, 40, 20))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes: 80 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    out = decode_image(af.jpeg(stored, exif=exif.tobytes()), CFG)
+    assert (out.height, out.width) == (80, 40)
+    assert tuple(out.pixels[5, 20]) > (200, 0, 0) and out.pixels[5, 20][1] < 60
+    assert out.pixels[70, 20].min() > 200
+
+
+def test_plain_jpeg_stored_verbatim_and_resize():
+    data = af.jpeg(Image.new("RGB", (200, 100), "blue"))
+    assert decode_image(data, CFG).stored == data
+    small = decode_image(data, DecodeConfig(store_max_side=50, detect_max_side=80))
+    assert (small.width, small.height) == (50, 25)
+    assert small.pixels.shape == (40, 80, 3)
+
+
+# ---------------------------------------------------------------------------------------- sources
+def _read(path: Path, fmt: str = "webdataset", **kw):
+    with open(path, "rb") as f:
+        return list(read_file(str(path), f, SourceConfig(fmt, **kw)))
+
+
+def test_tar_groups_and_bad_members(tmp_path):
+    image, caption, meta = af.scene(0)
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tar:
+        af.add_member(tar, "a.jpg", image)
+        af.add_member(tar, "a.txt", caption.encode())
+        af.add_member(tar, "a.json", json.dumps(meta).encode())
+        tar.addfile(_dir("somedir"))
+        link = tarfile.TarInfo("b.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.jpg"
+        tar.addfile(link)
+        af.add_member(tar, "../evil.jpg", image)
+        af.add_member(tar, "c.jpg", image)  # image, no text
+        af.add_member(tar, "d.txt", b"text without image")
+    items = _read(path)
+    samples = [i for i in items if isinstance(i, RawSample)]
+    dead = [i for i in items if isinstance(i, DeadLetter)]
+    assert len(samples) == 1 and samples[0].key == "a" and samples[0].text == caption.encode()
+    assert samples[0].metadata["regions"] == meta["regions"]
+    assert sorted(i.reason for i in dead) == sorted(
+        ["tar_non_file_member", "tar_non_file_member", "unsafe_member_name", "missing_text",
+         "missing_image"])
+    assert all(str(path) in i.source for i in dead)
+
+
+def _dir(name):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def test_truncated_tar(tmp_path):
+    path = af.write_tar(tmp_path / "t.tar", af.clean_samples(0, 3))
+    data = path.read_bytes()
+    # Cut inside the third sample's image: two samples read, the third is the dead letter.
+    offset = data.index(b"000000002.jpg") + 512 + 100
+    path.write_bytes(data[:offset])
+    items = _read(path)
+    assert [type(i).__name__ for i in items] == ["RawSample", "RawSample", "DeadLetter"]
+    assert items[2].reason == "truncated_tar" and "000000002" in items[2].source
+
+
+def test_parquet_with_null_image(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image, caption, meta = af.scene(1)
+    table = pa.table({"key": ["k0", "k1"], "jpg": [image, None], "caption": [caption, "x"],
+                      "json": [json.dumps(meta), None]})
+    pq.write_table(table, tmp_path / "p.parquet")
+    items = _read(tmp_path / "p.parquet", "parquet")
+    assert isinstance(items[0], RawSample) and items[0].image == image
+    assert items[0].metadata["regions"] == meta["regions"]
+    assert isinstance(items[1], DeadLetter) and items[1].reason == "missing_image"
+    assert items[1].source.endswith(":row1")
+
+
+def test_tfrecord_custom_keys_and_truncation(tmp_path):
+    from pipelines.example_proto import Example
+
+    image, caption, meta = af.scene(2)
+    ex = Example()
+    ex.features.feature["img"].bytes_list.value.append(image)
+    ex.features.feature["alt"].bytes_list.value.append(caption.encode())
+    ex.features.feature["meta"].bytes_list.value.append(json.dumps(meta).encode())
+    payload = ex.SerializeToString()
+    path = af.write_tfrecord(tmp_path / "r.tfrecord", [payload, payload])
+    path.write_bytes(path.read_bytes()[:-10])
+    items = _read(path, "tfrecord", image_key="img", text_key="alt", json_key="meta")
+    assert isinstance(items[0], RawSample) and items[0].text == caption.encode()
+    assert items[0].metadata["regions"] == meta["regions"]
+    assert isinstance(items[1], DeadLetter) and items[1].reason == "truncated_tfrecord"
+
+
+# ------------------------------------------------------------------------ postprocess + reference
+def test_iou_and_nms():
+    boxes = np.array([[0, 0, 0.5, 0.5], [0, 0, 0.5, 0.55], [0.6, 0.6, 1, 1]], np.float32)
+    assert iou_matrix(boxes[:1], boxes[:1])[0, 0] == pytest.approx(1.0)
+    assert iou_matrix(boxes[:1], boxes[2:])[0, 0] == 0.0
+    assert nms(boxes, np.array([0.5, 0.9, 0.3]), 0.5).tolist() == [1, 2]
+    assert nms(boxes, np.array([0.5, 0.9, 0.3]), 1.0).tolist() == [1, 0, 2]
+
+
+def test_select_regions_threshold_min_size_cap():
+    boxes = np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 0.505, 0.9], [0.6, 0.0, 1.0, 0.4],
+                      [0.0, 0.6, 0.4, 1.0]], np.float32)
+    scores = np.array([[0.2, 0.8], [0.9, 0.1], [0.1, 0.25], [0.7, 0.1]], np.float32)
+    r = select_regions(Detections(boxes, scores), ["cat", "dog"], PostprocessConfig(max_boxes=5))
+    # box 1 is too thin, box 2 under the threshold.
+    assert r.phrases == ("dog", "cat") and r.query_ranks.tolist() == [1, 0]
+    np.testing.assert_allclose(r.scores, [0.8, 0.7])
+    capped = select_regions(Detections(boxes, scores), ["cat", "dog"],
+                            PostprocessConfig(max_boxes=1))
+    assert capped.phrases == ("dog",)
+    assert select_regions(Detections(boxes, np.zeros((4, 0))), [], PostprocessConfig()).phrases == ()
+
+
+def test_reference_scores():
+    names = [[normalize(n) for n in ("red star", "star", "large red star")]]
+    s = score_matrix(names, ["red star", "star", "red", "blue circle", "Red Star!"])[0]
+    assert s[0] > s[1] >= 0.9  # longer exact match wins the tie
+    assert 0 < s[2] < 0.3 and s[3] == 0.0
+    assert s[4] == s[0]  # normalized text
+
+
+def test_reference_labeler_detect():
+    _, caption, meta = af.scene(2)
+    from pipelines.queries import queries_from_alt_text
+
+    queries = queries_from_alt_text(caption)
+    lab = ReferenceLabeler()
+    (det,) = lab.detect([LabelerInput("k", np.zeros((4, 4, 3), np.uint8), queries, meta)])
+    assert det.boxes.shape == (3, 4) and det.scores.shape == (3, len(queries))
+    r = select_regions(det, queries, PostprocessConfig())
+    assert sorted(r.phrases) == sorted(reg["phrase"] for reg in meta["regions"])
+    assert lab.fingerprint.startswith("reference@")
+    (none,) = lab.detect([LabelerInput("k", np.zeros((4, 4, 3), np.uint8), queries, {})])
+    assert none.boxes.shape == (0, 4)
+
+
+# ----------------------------------------------------------------------------- shards + preview
+def test_shard_sink_atomic_and_idempotent(tmp_path):
+    recs = [b"r%d" % i for i in range(5)]
+    assert shard_sink.write_shard(str(tmp_path), "train-00000-of-00002.array_record", recs) == 5
+    assert shard_sink.write_shard(str(tmp_path), "train-00000-of-00002.array_record", recs) == 5
+    (tmp_path / "train-00004-of-00005.array_record").write_bytes(b"stale")  # an older sharding
+    shards = shard_sink.finalize_shards(str(tmp_path), "train", 2, {0: 5})
+    assert [s["records"] for s in shards] == [5, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "train-00000-of-00002.array_record", "train-00001-of-00002.array_record"]
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(str(tmp_path / "train-00000-of-00002.array_record"))
+    assert reader.read_all() == recs
+    assert shard_sink.shard_index("abc", 7) == shard_sink.shard_index("abc", 7) < 7
+
+
+def test_preview_escapes_untrusted_text():
+    image, _, _ = af.scene(0)
+    rec = record_lib.Record(
+        key="<b>k</b>", source="s", image=image, height=96, width=128,
+        caption='<script>alert("x")</script> & more', boxes=np.array([[0.1, 0.1, 0.5, 0.5]]),
+        phrases=("<img src=x onerror=alert(1)>",), scores=np.array([0.9], np.float32),
+        query_ranks=np.array([0]),
+    )
+    page = preview.render_html([rec])
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x" in page
+    assert "<b>k</b>" not in page
+    png = preview.contact_sheet([rec, rec])
+    assert Image.open(io.BytesIO(png)).size == (4 * 256, 256)
