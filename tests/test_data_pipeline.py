@@ -1,0 +1,229 @@
+"""The Grain pipeline end to end on tiny ArrayRecord shards written here."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
+from PIL import Image
+
+from model import tasks
+from model import tokenizer as tokenizer_lib
+from pipelines import record as record_lib
+from training import data
+
+NUM_RECORDS = 30
+BOX = (0.2, 0.1, 0.6, 0.45)  # the red rectangle of every image, [ymin, xmin, ymax, xmax]
+
+
+def _jpeg(h: int = 48, w: int = 64) -> bytes:
+    image = np.full((h, w, 3), 100, np.uint8)
+    y0, x0, y1, x1 = (np.asarray(BOX) * [h, w, h, w]).round().astype(int)
+    image[y0:y1, x0:x1] = (255, 0, 0)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_shards(directory, num_records: int = NUM_RECORDS, num_shards: int = 3) -> str:
+    """Records `i` have caption "item {i} ..." and (unless i % 5 == 0) one region on the rectangle."""
+    jpeg = _jpeg()
+    for s in range(num_shards):
+        writer = ArrayRecordWriter(str(directory / f"part-{s}.array_record"), "group_size:1")
+        for i in range(s, num_records, num_shards):
+            n = int(i % 5 != 0)
+            writer.write(record_lib.encode(record_lib.Record(
+                key=f"k{i}", source="test", image=jpeg, height=48, width=64,
+                caption=f"item {i} a red box on the left",
+                boxes=np.asarray([BOX] * n, np.float32).reshape(-1, 4),
+                phrases=("red box on the left",) * n, scores=np.ones(n, np.float32),
+                query_ranks=np.zeros(n, np.int64), labeler="test")))
+        writer.close()
+    return str(directory / "part-*.array_record")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    return write_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="module")
+def tok() -> tokenizer_lib.Tokenizer:
+    sents = [f"item {i} a red box on the left" for i in range(100)] + ["cap aref gcap :"] * 20
+    return tokenizer_lib.Tokenizer(tokenizer_lib.train_model(sents, 1400, model_type="bpe"))
+
+
+def _config(paths: str, **augment) -> object:
+    c = data.default_config()
+    c.paths, c.image_size, c.text_len, c.read_threads = paths, 32, 24, 2
+    c.augment.update(augment)
+    return c
+
+
+def _take(it, n: int) -> list[dict]:
+    return [next(it) for _ in range(n)]
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+
+
+def _item_ids(batch: dict, tok) -> list[int]:
+    out = []
+    for row, mask in zip(batch["cap/targets"], batch["cap/loss_mask"], strict=True):
+        text = tasks.decode_target("cap", row[mask > 0], tok).text
+        out.append(int(re.match(r"item (\d+)", text).group(1)))
+    return out
+
+
+def test_batch_contract(shards, tok):
+    it = data.make_train_iter(_config(shards), tok, per_process_batch=6, seed=0,
+                              process_index=0, process_count=1)
+    b = next(it)
+    assert b["image"].shape == (6, 32, 32, 3) and b["image"].dtype == np.float32
+    assert -1.0 <= b["image"].min() < 0 < b["image"].max() <= 1.0
+    for task in tasks.TASKS:
+        assert b[f"{task}/inputs"].shape == (6, 24) and b[f"{task}/inputs"].dtype == np.int32
+        assert b[f"{task}/targets"].dtype == np.int32
+        assert b[f"{task}/loss_mask"].dtype == np.float32
+    assert b["has_regions"].dtype == bool
+    ids = _item_ids(b, tok)
+    assert [i % 5 != 0 for i in ids] == b["has_regions"].tolist()
+    for row in range(6):  # without regions the location tasks carry no loss
+        has = b["has_regions"][row]
+        assert (b["aref/loss_mask"][row].sum() > 0) == has
+        assert (b["gcap/loss_mask"][row].sum() > 0) == has
+
+
+def test_same_seed_same_batches_other_seed_differs(shards, tok):
+    def first(seed):
+        it = data.make_train_iter(_config(shards, crop=True, flip=True), tok,
+                                  per_process_batch=4, seed=seed, process_index=0,
+                                  process_count=1)
+        return _take(it, 3)
+
+    a, b, c = first(1), first(1), first(2)
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+def test_worker_count_does_not_change_batches(shards, tok):
+    cfg = _config(shards, crop=True, flip=True)
+    ref = _take(data.make_train_iter(cfg, tok, per_process_batch=4, seed=3, process_index=0,
+                                     process_count=1, num_workers=0), 5)
+    it = data.make_train_iter(cfg, tok, per_process_batch=4, seed=3, process_index=0,
+                              process_count=1, num_workers=2)
+    try:
+        got = _take(it, 5)
+    finally:
+        it.close()
+    assert _same(ref, got)
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_state_restore_resumes_at_same_element(shards, tok, num_workers):
+    def make():
+        return data.make_train_iter(_config(shards, flip=True), tok, per_process_batch=4, seed=5,
+                                    process_index=0, process_count=1, num_workers=num_workers)
+
+    it = make()
+    _take(it, 3)
+    state = it.get_state()
+    expected = _take(it, 4)  # crosses the first epoch boundary (30 records, 7 batches per epoch)
+    it2 = make()
+    it2.set_state(state)
+    got = _take(it2, 4)
+    if num_workers:
+        it.close()
+        it2.close()
+    assert _same(expected, got)
+
+
+def test_state_round_trips_through_orbax(shards, tok, tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    import grain
+
+    def make():
+        return data.make_train_iter(_config(shards), tok, per_process_batch=4, seed=9,
+                                    process_index=0, process_count=1)
+
+    it = make()
+    _take(it, 2)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.save(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+        expected = next(it)
+        it2 = make()
+        mngr.restore(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(it2)))
+    assert _same([expected], [next(it2)])
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 3])
+def test_one_epoch_covers_every_record_once(shards, tok, process_count):
+    seen = []
+    for index in range(process_count):
+        it = data.make_train_iter(_config(shards), tok, per_process_batch=1, seed=11,
+                                  process_index=index, process_count=process_count,
+                                  num_epochs=1)
+        ids = [i for b in it for i in _item_ids(b, tok)]
+        assert abs(len(ids) - NUM_RECORDS / process_count) < 1
+        seen += ids
+    assert sorted(seen) == list(range(NUM_RECORDS))
+
+
+def test_epochs_are_reshuffled(shards, tok):
+    it = data.make_train_iter(_config(shards), tok, per_process_batch=NUM_RECORDS, seed=0,
+                              process_index=0, process_count=1)
+    e1, e2 = _item_ids(next(it), tok), _item_ids(next(it), tok)
+    assert sorted(e1) == sorted(e2) == list(range(NUM_RECORDS)) and e1 != e2
+
+
+def test_augmented_boxes_stay_on_the_red_rectangle(shards, tok):
+    cfg = _config(shards, crop=True, crop_area=(0.3, 1.0), flip=True)
+    cfg.image_size = 64
+    it = data.make_train_iter(cfg, tok, per_process_batch=10, seed=4, process_index=0,
+                              process_count=1)
+    checked = flipped = 0
+    for b in _take(it, 6):
+        pixels = (b["image"] + 1) * 127.5
+        for row in range(10):
+            mask = b["aref/loss_mask"][row] > 0
+            if not mask.any():
+                continue
+            d = tasks.decode_target("aref", b["aref/targets"][row][mask], tok)
+            assert d.box is not None
+            y0, x0, y1, x1 = d.box
+            dy, dx = (y1 - y0) * 0.2, (x1 - x0) * 0.2
+            patch = pixels[row, int(np.ceil((y0 + dy) * 64)) : int((y1 - dy) * 64),
+                           int(np.ceil((x0 + dx) * 64)) : int((x1 - dx) * 64)]
+            if patch.size == 0:
+                continue
+            mean = patch.reshape(-1, 3).mean(0)
+            assert mean[0] > 200 and mean[1] < 60 and mean[2] < 60, (d, mean)
+            flipped += d.text == "red box on the right"  # flip swapped the phrase with the box
+            checked += 1
+    assert checked >= 10 and 0 < flipped < checked
+
+
+def test_eval_iter_in_order_without_augmentation(shards, tok):
+    cfg = _config(shards, crop=True, flip=True)
+    batches = list(data.make_eval_iter(cfg, tok, batch_size=8, process_index=0, process_count=1))
+    assert [len(b["image"]) for b in batches] == [8, 8, 8, 6]
+    ids = [i for b in batches for i in _item_ids(b, tok)]
+    assert sorted(ids) == list(range(NUM_RECORDS))  # every record, once
+    assert all(tok.decode(b["aref/targets"][0]).find("right") < 0 for b in batches)
+
+
+def test_bad_paths_and_batch_sizes(shards, tok, tmp_path):
+    with pytest.raises(data.DataError, match=re.escape(str(tmp_path / "nothing-*.rec"))):
+        data.make_train_iter(_config(str(tmp_path / "nothing-*.rec")), tok,
+                             per_process_batch=2, process_index=0, process_count=1)
+    with pytest.raises(data.DataError, match="divisible"):
+        data.make_train_iter(_config(shards), tok, global_batch_size=5, process_index=0,
+                             process_count=2)
+    with pytest.raises(data.DataError, match="process_index"):
+        data.make_train_iter(_config(shards), tok, per_process_batch=2, process_index=2,
+                             process_count=2)
