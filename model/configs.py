@@ -1,0 +1,97 @@
+"""LocCa model configs: `get_config("tiny" | "S/16" | "B/16" | "L/14" | "<ViT>/<patch>", **overrides)`.
+
+The returned ConfigDict is flat (one level) so overrides are plain keywords or, big_vision style,
+a `"tiny,image_size=128,dec_depth=3"` string. Fields:
+
+  image_size      input resolution (square), pixels in [-1, 1]
+  patch_size, width, depth, mlp_dim, num_heads       ViT encoder
+  posemb          "learn" | "sincos2d"
+  pool_type       "none" | "map" | "gap" | "tok" (LocCa needs no pooled output: "none")
+  enc_dropout     dropout in the encoder
+  dec_width, dec_depth, dec_num_heads, dec_mlp_dim   decoder; default: the encoder's width, heads
+                  and MLP, half its depth (the paper's choice)
+  dec_dropout     dropout in the decoder
+  vocab_size      must equal the tokenizer's vocab_size (the trainer sets it from the tokenizer)
+  max_len         decoder input length L (text length; inputs = seq[:-1])
+  pad_id          token id masked as attention key (tokenizer.pad_id, 0)
+  dtype           activation dtype "float32" | "bfloat16" (params stay float32)
+  parallel_prob   fraction of Cap examples the TRAINER turns into CapPa parallel prediction
+                  (tasks.parallel_inputs + parallel=True); 0 = plain autoregressive captioner.
+                  CapPa used 0.75; the LocCa paper trains autoregressively, so the default is 0.
+
+Shipped variants (SHIPPED): `tiny` runs on a 2-core CPU (ViT 192 wide, 4 deep, patch 16 at
+112 px = 49 tokens; decoder 2 deep; L=32); `S/16`, `B/16`, `L/14` are the paper-scale ones at 224 px
+with L=64. Any `{Ti,S,M,B,L,So400m,H}/{patch}` string also works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from model.vit import VARIANTS, decode_variant
+
+SHIPPED = ("tiny", "S/16", "B/16", "L/14")
+_DECODER_KEYS = ("dec_width", "dec_depth", "dec_num_heads", "dec_mlp_dim")
+
+
+def _base(variant: str) -> dict[str, Any]:
+    if variant == "tiny":
+        enc = dict(width=192, depth=4, mlp_dim=768, num_heads=3, patch_size=16)
+        return dict(enc, image_size=112, max_len=32, vocab_size=4096)
+    name, _, patch = variant.partition("/")
+    if name not in VARIANTS or not patch.isdigit():
+        raise ValueError(f"unknown model variant {variant!r}: use one of {SHIPPED} or "
+                         f"'<ViT>/<patch>' with ViT in {sorted(VARIANTS)}, e.g. 'B/16'")
+    return dict(decode_variant(variant), image_size=224, max_len=64, vocab_size=32_000)
+
+
+def _parse_arg(arg: str) -> tuple[str, dict[str, Any]]:
+    """"tiny,image_size=128,dtype=bfloat16" -> ("tiny", {...}) with ints/floats converted."""
+    variant, *pairs = arg.split(",")
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"config override {pair!r} must look like key=value")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return variant, out
+
+
+def get_config(arg: str = "tiny", **overrides: Any) -> ml_collections.ConfigDict:
+    """Returns the model ConfigDict for `arg` (see module docstring), with `overrides` applied."""
+    variant, parsed = _parse_arg(arg)
+    overrides = {**parsed, **overrides}
+    base = _base(variant)
+    cfg = dict(
+        variant=variant, image_size=base["image_size"], patch_size=base["patch_size"],
+        width=base["width"], depth=base["depth"], mlp_dim=base["mlp_dim"],
+        num_heads=base["num_heads"], posemb="learn", pool_type="none", enc_dropout=0.0,
+        dec_width=0, dec_depth=0, dec_num_heads=0, dec_mlp_dim=0, dec_dropout=0.0,
+        vocab_size=base["vocab_size"], max_len=base["max_len"], pad_id=0, dtype="float32",
+        parallel_prob=0.0,
+    )
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown model config field(s) {unknown}; known: {sorted(cfg)}")
+    cfg.update(overrides)
+    # Decoder defaults follow the (possibly overridden) encoder: same width/heads/MLP, half depth.
+    defaults = dict(dec_width=cfg["width"], dec_depth=max(1, cfg["depth"] // 2),
+                    dec_num_heads=cfg["num_heads"], dec_mlp_dim=cfg["mlp_dim"])
+    for key in _DECODER_KEYS:
+        if not cfg[key]:
+            cfg[key] = defaults[key]
+    if cfg["image_size"] % cfg["patch_size"]:
+        raise ValueError(f"image_size {cfg['image_size']} is not a multiple of patch_size "
+                         f"{cfg['patch_size']}")
+    if cfg["dtype"] not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {cfg['dtype']!r}")
+    return ml_collections.ConfigDict(cfg)

@@ -1,0 +1,170 @@
+"""Greedy and beam-search generation from a prompt, with an optional per-step token constraint.
+
+All functions take `decode_fn(encoded, inputs int32[B, L]) -> logits float[B, L, V]` (for LocCa:
+`locca.make_decode_fn(model, params)`), so they know nothing about the trainer or the model.
+
+Layout. `prompt` is int32[B, L] (L = the model's input length, max_len) holding, per example,
+[BOS] + prefix tokens (+ any given target tokens, e.g. the phrase and " : " for `aref`), and
+`prompt_len` int32[B] says how many of them are real (>= 1); the rest of the buffer is ignored.
+Generation writes one token per position after the prompt until EOS or the end of the buffer.
+The returned tokens are the whole buffer (prompt, generated tokens, EOS, then pad).
+
+Constraint. `allowed` is bool[K, V] or bool[B, K, V]: row k lists the tokens allowed as the k-th
+generated token; steps k >= K are unconstrained. `loc_constraint` builds the one that forces a box
+(4 location tokens, then EOS). Scores are log-probabilities under the full softmax (the
+constraint removes tokens, it does not renormalize).
+
+Cost (documented because there is no KV cache): every step re-runs `decode_fn` over the whole
+fixed-length buffer, so G generated tokens cost G decoder passes over L positions (plus the
+cross-attention keys/values of the encoder tokens each pass) instead of G single-position passes.
+For L=64 that is at most ~64x the work of one teacher-forced pass; shapes stay fixed, so the
+loop compiles once under jit (lax.while_loop, which also stops when every sequence has ended).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DecodeFn = Callable[[jax.Array, jax.Array], jax.Array]
+NEG = -1e9  # finite "minus infinity": sums of masked scores stay NaN-free
+
+
+def loc_constraint(vocab_size: int, loc_start: int, *, num_loc: int = 1024, num_boxes: int = 1,
+                   eos_id: int | None = None) -> np.ndarray:
+    """bool[K, V]: 4 * num_boxes location tokens, then (if eos_id is given) EOS. K = 4n (+1)."""
+    rows = np.zeros((4 * num_boxes + (eos_id is not None), vocab_size), bool)
+    rows[: 4 * num_boxes, loc_start:loc_start + num_loc] = True
+    if eos_id is not None:
+        rows[-1, eos_id] = True
+    return rows
+
+
+def _step_mask(allowed: jax.Array | None, step: jax.Array, vocab: int) -> jax.Array:
+    """bool[B, V] allowed tokens for per-example generation step `step` int[B]."""
+    if allowed is None:
+        return jnp.ones((step.shape[0], vocab), bool)
+    allowed = jnp.asarray(allowed, bool)
+    if allowed.ndim == 2:
+        allowed = jnp.broadcast_to(allowed[None], (step.shape[0], *allowed.shape))
+    k = allowed.shape[1]
+    rows = jnp.take_along_axis(allowed, jnp.clip(step, 0, k - 1)[:, None, None], axis=1)[:, 0]
+    constrained = (step >= 0) & (step < k)
+    return jnp.where(constrained[:, None], rows, True)
+
+
+def _prepare(prompt: jax.Array, prompt_len: jax.Array, pad_id: int):
+    prompt = jnp.asarray(prompt, jnp.int32)
+    prompt_len = jnp.asarray(prompt_len, jnp.int32)
+    positions = jnp.arange(prompt.shape[1])[None]
+    tokens = jnp.where(positions < prompt_len[:, None], prompt, pad_id)
+    start = jnp.maximum(jnp.min(prompt_len), 1)  # positions before it are all prompt
+    return tokens, prompt_len, start
+
+
+def _next_logprobs(decode_fn: DecodeFn, encoded, tokens, pos) -> jax.Array:
+    """float32[B, V] log-probabilities of the token at `pos` (predicted from position pos-1)."""
+    logits = decode_fn(encoded, tokens)
+    logits = jax.lax.dynamic_index_in_dim(logits, pos - 1, axis=1, keepdims=False)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def greedy(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array, prompt_len: jax.Array, *,
+           eos_id: int, pad_id: int = 0, allowed: jax.Array | None = None):
+    """Greedy decoding.
+
+    encoded float[B, N, D], prompt int32[B, L], prompt_len int32[B]
+    -> (tokens int32[B, L], scores float32[B] = sum of generated tokens' log-probs).
+    """
+    tokens, prompt_len, start = _prepare(prompt, prompt_len, pad_id)
+    batch, length = tokens.shape
+    init = (start, tokens, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.float32))
+
+    def cond(state):
+        pos, _, done, _ = state
+        return (pos < length) & ~jnp.all(done)
+
+    def body(state):
+        pos, tokens, done, scores = state
+        logp = _next_logprobs(decode_fn, encoded, tokens, pos)
+        logp = jnp.where(_step_mask(allowed, pos - prompt_len, logp.shape[-1]), logp, NEG)
+        best = jnp.argmax(logp, axis=-1).astype(jnp.int32)
+        forced = pos < prompt_len
+        new = jnp.where(forced, tokens[:, pos], jnp.where(done, pad_id, best))
+        gain = jnp.take_along_axis(logp, best[:, None], axis=-1)[:, 0]
+        scores = scores + jnp.where(forced | done, 0.0, gain)
+        done = done | (~forced & (best == eos_id))
+        return pos + 1, tokens.at[:, pos].set(new), done, scores
+
+    _, tokens, _, scores = jax.lax.while_loop(cond, body, init)
+    return tokens, scores
+
+
+def beam_search(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array,
+                prompt_len: jax.Array, *, beam_size: int, eos_id: int, pad_id: int = 0,
+                allowed: jax.Array | None = None, length_penalty: float = 0.0):
+    """Beam search; finished beams keep their slot (and score) and extend with pad.
+
+    The best beam is chosen by score / num_generated_tokens ** length_penalty (0: raw log-prob).
+    encoded float[B, N, D], prompt int32[B, L], prompt_len int32[B]
+    -> (tokens int32[B, L], scores float32[B] raw log-prob of the chosen beam).
+    beam_size 1 gives exactly greedy's result.
+    """
+    tokens, prompt_len, start = _prepare(prompt, prompt_len, pad_id)
+    batch, length = tokens.shape
+    k = beam_size
+    enc = jnp.repeat(encoded, k, axis=0)  # [B*K, N, D]
+    beams = jnp.repeat(tokens[:, None], k, axis=1)  # [B, K, L]
+    # Only beam 0 is live at first, so the K identical copies don't fill the beam with duplicates.
+    scores = jnp.tile(jnp.array([0.0] + [NEG] * (k - 1), jnp.float32)[None], (batch, 1))
+    done = jnp.zeros((batch, k), bool)
+    gen_len = jnp.zeros((batch, k), jnp.int32)
+    flat_len = jnp.repeat(prompt_len, k)
+    allowed_flat = None
+    if allowed is not None:
+        allowed_flat = jnp.asarray(allowed, bool)
+        if allowed_flat.ndim == 3:
+            allowed_flat = jnp.repeat(allowed_flat, k, axis=0)
+
+    def cond(state):
+        pos, _, _, done, _ = state
+        return (pos < length) & ~jnp.all(done)
+
+    def body(state):
+        pos, beams, scores, done, gen_len = state
+        logp = _next_logprobs(decode_fn, enc, beams.reshape(batch * k, length), pos)
+        vocab = logp.shape[-1]
+        logp = jnp.where(_step_mask(allowed_flat, pos - flat_len, vocab), logp, NEG)
+        logp = logp.reshape(batch, k, vocab)
+        forced = (pos < prompt_len)[:, None, None]  # [B, 1, 1]
+        only = lambda tok: jnp.where(jnp.arange(vocab) == tok[..., None], 0.0, NEG)  # noqa: E731
+        logp = jnp.where(forced, only(beams[:, :, pos]), logp)
+        logp = jnp.where(done[..., None], only(jnp.full((batch, k), pad_id)), logp)
+        cand = (scores[..., None] + logp).reshape(batch, k * vocab)
+        scores, idx = jax.lax.top_k(cand, k)
+        src, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
+        beams = jnp.take_along_axis(beams, src[..., None], axis=1).at[:, :, pos].set(tok)
+        was_done = jnp.take_along_axis(done, src, axis=1)
+        generating = ~forced[..., 0] & ~was_done
+        done = was_done | (generating & (tok == eos_id))
+        gen_len = jnp.take_along_axis(gen_len, src, axis=1) + generating
+        return pos + 1, beams, scores, done, gen_len
+
+    state = (start, beams, scores, done, gen_len)
+    _, beams, scores, _, gen_len = jax.lax.while_loop(cond, body, state)
+    norm = scores / jnp.maximum(gen_len, 1).astype(jnp.float32) ** length_penalty
+    best = jnp.argmax(norm, axis=1)
+    tokens = jnp.take_along_axis(beams, best[:, None, None], axis=1)[:, 0]
+    return tokens, jnp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+
+
+def generated(tokens: np.ndarray, prompt_len: np.ndarray, eos_id: int) -> list[list[int]]:
+    """Host helper: the generated ids of each row (after the prompt, before EOS)."""
+    out = []
+    for row, n in zip(np.asarray(tokens), np.asarray(prompt_len), strict=True):
+        ids = row[int(n):].tolist()
+        out.append(ids[: ids.index(eos_id)] if eos_id in ids else ids)
+    return out
