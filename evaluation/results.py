@@ -134,7 +134,8 @@ class ResultsStore:
         if self._tb is None:
             self._tb = SummaryWriter(str(self.dir / "tensorboard"))
         for r in rows:
-            tag = f"{r['evaluator']}/{r['split']}/{r['metric']}"
+            # TensorBoard tags allow [A-Za-z0-9_./-] only ("acc@0.5" -> "acc_0.5").
+            tag = f"{r['evaluator']}/{r['split']}/{r['metric']}".replace("@", "_")
             self._tb.add_scalar(tag, r["value"], r["step"], walltime=r["time"])
         self._tb.flush()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python evaluation/run.py` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -57,7 +57,7 @@ class Job:
         self.workdir = workdir
         self.config = config
         self.run = TrainRun.load(workdir, tokenizer or config.get("tokenizer") or None)
-        if not config.data_dir:
+        if not config.data_dir and "{data_dir}" in str(config.evaluators):
             raise ValueError("no eval data: set data_dir (e.g. --config "
                              "evaluation/configs/sample.py:all,data_dir=CORPUS/eval)")
         values = dict(workdir=workdir, data_dir=config.data_dir)
@@ -120,6 +120,7 @@ def _wait_for_config(workdir: str, timeout: float | None, poll_s: float) -> None
 
 def main(argv) -> int:
     del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     if _WORKDIR.value is None or _CONFIG.value is None:
         raise SystemExit("both --workdir TRAIN_DIR and --config evaluation/configs/NAME.py[:variant]"
                          " are required")

@@ -7,6 +7,7 @@ Variants (`:name[,key=value...]`, keys: data_dir, batch_size, max_per_split, tra
   all       REC (pretrained decoder), REC transfer (frozen encoder + fresh decoder), captioning,
             grounded captioning, linear probe. On the sample corpus after the demo's training
             budget, REC Acc@0.5 should clearly exceed the untrained floor (~0).
+  stats     parameter RMS / count / non-finite (no model run: a cheap health check)
   rec       REC only;  transfer  transfer only;  quick  everything at toy sizes (tests, smoke runs)
   transfer_npz  transfer from WORKDIR/encoder.npz (run once with --step; compares exported
             encoders, e.g. a plain captioner's `cap_tiny` run against LocCa's)
@@ -85,11 +86,13 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(c)}")
     c.update(over)
     evals = {
-        "all": lambda: dict(rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
+        "all": lambda: dict(param_stats=ml_collections.ConfigDict(dict(type="param_stats")),
+                            rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
                             gcap=_gcap(c), linear_probe=_probe(c)),
         "quick": lambda: dict(rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
                               gcap=_gcap(c), linear_probe=_probe(c)),
         "rec": lambda: dict(rec=_rec(c)),
+        "stats": lambda: dict(param_stats=ml_collections.ConfigDict(dict(type="param_stats"))),
         "transfer": lambda: dict(rec_transfer=_transfer(c, report_untrained=True)),
         "transfer_npz": lambda: dict(rec_transfer_npz=_transfer(
             c, encoder="{workdir}/encoder.npz", report_untrained=True)),

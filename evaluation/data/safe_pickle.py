@@ -19,6 +19,9 @@ _ALLOWED = {
     ("builtins", "frozenset"),
     ("__builtin__", "set"),
     ("__builtin__", "frozenset"),
+    # Protocols < 3 store Python 3 bytes as _codecs.encode(text, "latin1"): it only turns a
+    # string into bytes.
+    ("_codecs", "encode"),
 }
 
 
