@@ -46,24 +46,29 @@ class VisibleObject:
 
 @dataclasses.dataclass(frozen=True)
 class RenderedScene:
-    """pixels: uint8[H, W, 3]; objects in drawing order, occluded-away ones removed."""
+    """The RGB image and its objects in drawing order, occluded-away ones removed."""
 
     spec: SceneSpec
-    pixels: np.ndarray
+    image: Image.Image
     objects: tuple[VisibleObject, ...]
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """uint8[H, W, 3]."""
+        return np.asarray(self.image)
 
     def jpeg(self) -> bytes:
         buf = io.BytesIO()
-        Image.fromarray(self.pixels).save(buf, format="JPEG", quality=JPEG_QUALITY)
+        self.image.save(buf, format="JPEG", quality=JPEG_QUALITY)
         return buf.getvalue()
 
 
-def _background(spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
-    """uint8[H, W, 3]. Built from 1-D coordinate vectors and small grids: no [H, W] float grids."""
+def _background(spec: SceneSpec, rng: np.random.Generator) -> Image.Image:
+    """RGB image. Built in Pillow and from small grids and lookup tables: no [H, W, 3] arithmetic."""
     h, w = spec.height, spec.width
     base = np.asarray(vocab.BACKGROUND_COLORS[spec.background_color], np.int16)
     if spec.background == "plain":
-        return np.broadcast_to(base.astype(np.uint8), (h, w, 3)).copy()
+        return Image.new("RGB", (w, h), tuple(base.tolist()))
     if spec.background == "gradient":
         # A linear ramp is exactly representable on a 2x2 grid; bilinear resizing fills the rest.
         theta = rng.uniform(0, 2 * np.pi)
@@ -72,12 +77,15 @@ def _background(spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
         corners = np.array([[0.0, np.cos(theta)], [np.sin(theta), np.cos(theta) + np.sin(theta)]])
         t = (corners - corners.min()) / max(float(np.ptp(corners)), 1e-6)
         grid = (base + t[..., None] * (other - base)).round().astype(np.uint8)
-        return np.asarray(Image.fromarray(grid).resize((w, h), Image.BILINEAR))
+        return Image.fromarray(grid).resize((w, h), Image.BILINEAR)
     if spec.background == "noise":
         amp = int(rng.integers(12, 48))
-        # Mostly luminance noise (shared by the channels), like sensor grain.
-        noise = rng.integers(-amp, amp + 1, size=(h, w, 1), dtype=np.int16)
-        return np.clip(base + noise, 0, 255).astype(np.uint8)
+        # Luminance noise (shared by the channels), like sensor grain: uniform random bytes mapped
+        # through one lookup table per channel, which is far cheaper than arithmetic on [H, W, 3].
+        grain = Image.frombytes("L", (w, h), rng.bytes(w * h))
+        offsets = np.arange(256) * (2 * amp + 1) // 256 - amp
+        channels = [grain.point(np.clip(b + offsets, 0, 255).tolist()) for b in base.tolist()]
+        return Image.merge("RGB", channels)
     # texture: stripes, checkerboard or dots in a second tone of the same colour.
     period = int(rng.integers(8, 29))
     xx, yy = np.arange(w)[None, :], np.arange(h)[:, None]
@@ -90,26 +98,52 @@ def _background(spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
         dx, dy = xx % period - period / 2, yy % period - period / 2
         on = dx * dx + dy * dy < (period * 0.3) ** 2
     tone = np.clip(base + (-28 if base.mean() > 128 else 28), 0, 255).astype(np.uint8)
-    return np.where(on[..., None], tone, base.astype(np.uint8))
+    mask = Image.fromarray(on.astype(np.uint8) * 255)
+    solid = [Image.new("RGB", (w, h), tuple(c.tolist())) for c in (tone, base.astype(np.uint8))]
+    return Image.composite(solid[0], solid[1], mask)
 
 
 def _outline_width(obj: ObjectSpec) -> int:
     return max(1, round(obj.radius / 22))
 
 
-def _mask(poly: list[tuple[float, float]], outline: int, width: int, height: int) -> np.ndarray:
-    """bool[H, W] of the polygon, drawn exactly as the object is (fill + outline)."""
-    img = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(img).polygon(poly, fill=1, outline=1, width=outline)
-    return np.asarray(img, dtype=bool)
+@dataclasses.dataclass(frozen=True)
+class _Mask:
+    """bool[h, w] pixels of one object inside its bounding crop at (x0, y0)."""
+
+    x0: int
+    y0: int
+    bits: np.ndarray
+
+    def slice(self) -> tuple[slice, slice]:
+        h, w = self.bits.shape
+        return slice(self.y0, self.y0 + h), slice(self.x0, self.x0 + w)
 
 
-def _visibility(masks: list[np.ndarray]) -> list[np.ndarray]:
+def _mask(poly: list[tuple[float, float]], outline: int, width: int, height: int) -> _Mask:
+    """The polygon drawn exactly as the object is (fill + outline), in a crop around it."""
+    pts = np.asarray(poly)
+    pad = outline + 2
+    x0, y0 = (max(int(np.floor(v)) - pad, 0) for v in pts.min(0))
+    x1 = min(int(np.ceil(pts[:, 0].max())) + pad, width)
+    y1 = min(int(np.ceil(pts[:, 1].max())) + pad, height)
+    img = Image.new("L", (x1 - x0, y1 - y0), 0)
+    # An integer shift keeps the rasterization as in the full image (up to float rounding at
+    # exact half pixels, a pixel at most).
+    shifted = [(x - x0, y - y0) for x, y in poly]
+    ImageDraw.Draw(img).polygon(shifted, fill=1, outline=1, width=outline)
+    return _Mask(x0, y0, np.asarray(img, dtype=bool))
+
+
+def _visibility(masks: list[_Mask], width: int, height: int) -> list[_Mask]:
     """Visible part of each mask: what no later-drawn (front) mask covers."""
-    out, cover = [None] * len(masks), np.zeros_like(masks[0])
+    out: list[_Mask] = [None] * len(masks)  # type: ignore[list-item]
+    cover = np.zeros((height, width), dtype=bool)
     for i in range(len(masks) - 1, -1, -1):
-        out[i] = masks[i] & ~cover
-        cover |= masks[i]
+        m = masks[i]
+        region = cover[m.slice()]
+        out[i] = _Mask(m.x0, m.y0, m.bits & ~region)
+        region |= m.bits
     return out
 
 
@@ -119,25 +153,24 @@ def render(spec: SceneSpec, rng: np.random.Generator) -> RenderedScene:
     Removing an object can only reduce how much the others are covered, so one pass of dropping
     followed by one recomputation leaves every kept object within the limit.
     """
+    w, h = spec.width, spec.height
     polys = [shapes.place(o.shape, o.cx, o.cy, o.radius, o.angle) for o in spec.objects]
-    masks = [
-        _mask(p, _outline_width(o), spec.width, spec.height)
-        for p, o in zip(polys, spec.objects, strict=True)
-    ]
-    visible = _visibility(masks)
+    masks = [_mask(p, _outline_width(o), w, h) for p, o in zip(polys, spec.objects, strict=True)]
+    visible = _visibility(masks, w, h)
     keep = [
         i
         for i, (m, v) in enumerate(zip(masks, visible, strict=True))
-        if v.sum() >= MIN_VISIBLE_PIXELS and 1 - v.sum() / max(m.sum(), 1) <= MAX_OCCLUDED
+        if (n := np.count_nonzero(v.bits)) >= MIN_VISIBLE_PIXELS
+        and 1 - n / max(np.count_nonzero(m.bits), 1) <= MAX_OCCLUDED
     ]
     if not keep:  # the front object is never covered; this only guards degenerate tiny shapes
         keep = [len(masks) - 1]
     if len(keep) < len(masks):
         masks, polys = [masks[i] for i in keep], [polys[i] for i in keep]
         spec = dataclasses.replace(spec, objects=tuple(spec.objects[i] for i in keep))
-        visible = _visibility(masks)
+        visible = _visibility(masks, w, h)
 
-    image = Image.fromarray(_background(spec, rng))
+    image = _background(spec, rng)
     draw = ImageDraw.Draw(image)
     objects = []
     for obj, poly, mask, vis in zip(spec.objects, polys, masks, visible, strict=True):
@@ -146,11 +179,18 @@ def render(spec: SceneSpec, rng: np.random.Generator) -> RenderedScene:
         # A darker outline keeps touching objects of the same colour apart, as real edges do.
         dark = tuple(int(c) for c in rgb * 0.55)
         draw.polygon(poly, fill=tuple(int(c) for c in rgb), outline=dark, width=_outline_width(obj))
-        cols, rows = np.flatnonzero(vis.any(axis=0)), np.flatnonzero(vis.any(axis=1))
-        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-        occluded = float(1 - vis.sum() / mask.sum())
-        objects.append(VisibleObject(obj, box, round(occluded, 4), int(vis.sum())))
-    return RenderedScene(spec, np.asarray(image), tuple(objects))
+        cols = np.flatnonzero(vis.bits.any(axis=0))
+        rows = np.flatnonzero(vis.bits.any(axis=1))
+        box = (
+            vis.x0 + int(cols[0]),
+            vis.y0 + int(rows[0]),
+            vis.x0 + int(cols[-1]) + 1,
+            vis.y0 + int(rows[-1]) + 1,
+        )
+        n_visible = np.count_nonzero(vis.bits)
+        occluded = float(1 - n_visible / np.count_nonzero(mask.bits))
+        objects.append(VisibleObject(obj, box, round(occluded, 4), int(n_visible)))
+    return RenderedScene(spec, image, tuple(objects))
 
 
 def render_sample(seed: int, stream: str, index: int) -> RenderedScene:
