@@ -38,17 +38,18 @@ if __package__ in (None, ""):  # `python pipelines/annotate.py`: make the repo r
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.ml.inference.base import RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
 
 from pipelines import manifest as manifest_lib  # noqa: E402
 from pipelines import record as record_lib  # noqa: E402
 from pipelines import shard_sink, stages  # noqa: E402
 from pipelines.decode import DecodeConfig  # noqa: E402
-from pipelines.inference import LABELERS, LabelerModelHandler, LabelerSpec  # noqa: E402
 from pipelines.postprocess import PostprocessConfig  # noqa: E402
 from pipelines.sources import FORMATS, DeadLetter, SourceConfig  # noqa: E402
 
+# RunInference and the model handler are imported inside build(): Beam's RunInference imports torch
+# when it is installed (seconds), which flag and path errors should not wait for.
+LABELERS = ("reference", "owlvit")
 LOCAL_RUNNERS = ("directrunner", "fnapirunner", "bundlebaseddirectrunner", "switchingdirectrunner",
                  "prismrunner", "testdirectrunner")
 
@@ -198,6 +199,10 @@ class Finalize(beam.DoFn):
 
 def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dict) -> None:
     """Adds the whole annotate graph to `p`."""
+    from apache_beam.ml.inference.base import RunInference
+
+    from pipelines.inference import LabelerModelHandler, LabelerSpec
+
     num_shards = opts.num_shards or len(files)
     runner = (p.options.view_as(StandardOptions).runner or "DirectRunner")
     runner = runner if isinstance(runner, str) else type(runner).__name__

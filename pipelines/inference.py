@@ -13,35 +13,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipelines.labelers.base import Detections, Labeler, LabelerInput
+from pipelines.stages import Prepared
 
-LABELERS = ("reference", "owlvit")
-
-
-@dataclasses.dataclass
-class Prepared:
-    """A decoded, validated sample ready for the labeller.
-
-    Attributes:
-      image: JPEG bytes of the stored copy, `height` x `width` pixels.
-      pixels: uint8[h, w, 3] RGB for the labeller (dropped after detection).
-      queries: n-gram queries of the caption.
-      metadata: the sample's JSON (ground-truth regions for the reference labeller).
-    """
-
-    key: str
-    source: str
-    caption: str
-    image: bytes
-    height: int
-    width: int
-    pixels: np.ndarray | None
-    queries: list[str]
-    metadata: dict[str, Any]
+LABELERS = ("reference", "owlvit")  # keep in step with pipelines.annotate.LABELERS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,15 +12,16 @@ import dataclasses
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipelines import record as record_lib
 from pipelines import shard_sink
 from pipelines.decode import BadInput, DecodeConfig, decode_image
-from pipelines.inference import Prepared
 from pipelines.manifest import record_summary
 from pipelines.postprocess import PostprocessConfig, select_regions
 from pipelines.queries import queries_from_alt_text
@@ -29,6 +30,28 @@ from pipelines.sources import DeadLetter, RawSample, SourceConfig, read_file
 NS = "annotate"
 DEAD, FILTERED, READ, NOTE, SUMMARY, LABELER, PREVIEW = (
     "dead", "filtered", "read", "note", "summary", "labeler", "preview")
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A decoded, validated sample ready for the labeller.
+
+    Attributes:
+      image: JPEG bytes of the stored copy, `height` x `width` pixels.
+      pixels: uint8[h, w, 3] RGB for the labeller (dropped after detection).
+      queries: n-gram queries of the caption.
+      metadata: the sample's JSON (ground-truth regions for the reference labeller).
+    """
+
+    key: str
+    source: str
+    caption: str
+    image: bytes
+    height: int
+    width: int
+    pixels: np.ndarray | None
+    queries: list[str]
+    metadata: dict[str, Any]
 
 
 def _us(start: float) -> int:
