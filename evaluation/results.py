@@ -39,13 +39,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 class ResultsStore:
-    def __init__(self, eval_dir: str | os.PathLike, stale_after_s: float = 6 * 3600):
+    def __init__(self, eval_dir: str | os.PathLike, stale_after_s: float = 6 * 3600,
+                 tensorboard: bool = True):
         self.dir = Path(eval_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "claims").mkdir(exist_ok=True)
         self.results_path = self.dir / "results.jsonl"
         self.stale_after_s = stale_after_s
         self._tb = None
+        self._use_tb = tensorboard
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -127,6 +129,8 @@ class ResultsStore:
         return rows
 
     def _write_tensorboard(self, rows: list[dict]) -> None:
+        if not self._use_tb:
+            return
         try:
             from tensorboardX import SummaryWriter
         except ImportError:  # TensorBoard is a convenience; results.jsonl is the record.

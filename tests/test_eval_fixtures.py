@@ -72,7 +72,7 @@ def run_eval(workdir: Path, data_dir: Path, *extra: str, variant: str = "rec",
     """Runs evaluation/run.py as the scheduler would (a fresh process)."""
     cmd = [sys.executable, str(REPO / "evaluation" / "run.py"), "--workdir", str(workdir),
            "--config", f"{REPO}/evaluation/configs/sample.py:{variant},data_dir={data_dir},"
-           "batch_size=4,max_per_split=3,transfer_steps=5", *extra]
+           "batch_size=4,max_per_split=3,transfer_steps=5,poll_s=1", *extra]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     if background:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,

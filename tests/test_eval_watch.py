@@ -1,0 +1,77 @@
+"""evaluation/run.py as a scheduler runs it: watch mode scores each complete checkpoint exactly
+once (two copies at once included), ignores a half-written save, a restart repeats nothing, and
+bad input is one readable line."""
+
+import collections
+import json
+import time
+from pathlib import Path
+
+import pytest
+from test_eval_fixtures import make_workdir, results, run_eval, save_checkpoint, tiny_model_config
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from model import tokenizer as tk
+
+    path = tmp_path_factory.mktemp("tok") / "tok.model"
+    words = ["the red star on the left", "a blue circle", "cap", "aref", "gcap", ":"]
+    return path, tk.save(tk.train_model(words * 20, vocab_size=1400), str(path))
+
+
+def _counts(workdir: Path) -> collections.Counter:
+    return collections.Counter((r["step"], r["evaluator"], r["split"], r["metric"])
+                               for r in results(workdir))
+
+
+def test_watch_scores_each_checkpoint_once_with_two_copies(tmp_path, tok):
+    tok_path, tokenizer = tok
+    workdir = tmp_path / "run"
+    make_workdir(workdir, tok_path, tokenizer.vocab_size, steps=(1,), done=False)
+    # A save killed mid-way: Orbax's tmp dir, which must never be evaluated.
+    tmp = workdir / "checkpoints" / "4.orbax-checkpoint-tmp" / "params"
+    tmp.mkdir(parents=True)
+    (tmp / "garbage").write_text("half written")
+    procs = [run_eval(workdir, tmp_path, "--watch", "--timeout", "240", variant="stats",
+                      background=True) for _ in range(2)]
+    cfg = tiny_model_config(tokenizer.vocab_size)
+    for step in (2, 3):
+        time.sleep(2)
+        save_checkpoint(workdir, step, cfg)
+    (workdir / "DONE").write_text("3\n")
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    counts = _counts(workdir)
+    assert {k[0] for k in counts} == {1, 2, 3}  # never the tmp step 4
+    assert set(counts.values()) == {1}, counts  # every metric line exactly once
+    assert {k[3] for k in counts} >= {"rms", "count", "nonfinite", "eval_seconds"}
+    assert (workdir / "eval" / "curves.png").exists()
+    assert not any((workdir / "checkpoints").glob("_SNAPSHOTS"))  # trainer's dir left alone
+
+    # Restart (plain and watch): nothing is evaluated again.
+    before = (workdir / "eval" / "results.jsonl").read_text()
+    r = run_eval(workdir, tmp_path, variant="stats")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_eval(workdir, tmp_path, "--watch", "--timeout", "60", variant="stats")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (workdir / "eval" / "results.jsonl").read_text() == before
+
+
+def test_bad_input_is_one_clear_line(tmp_path, tok):
+    tok_path, tokenizer = tok
+    empty = tmp_path / "empty"
+    make_workdir(empty, tok_path, tokenizer.vocab_size, steps=(), done=False)
+    r = run_eval(empty, tmp_path, variant="stats")
+    assert r.returncode != 0
+    assert "no complete checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+    # A checkpoint written by another model config: the error names the mismatching parameters.
+    other = tmp_path / "other"
+    make_workdir(other, tok_path, tokenizer.vocab_size, steps=(1,))
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model"]["width"] = 48
+    (other / "config.json").write_text(json.dumps(cfg))
+    r = run_eval(other, tmp_path, variant="stats")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "does not match" in r.stderr and "img/embedding/kernel" in r.stderr
