@@ -141,3 +141,12 @@ def test_real_photo_crop_flip_resize():
         assert -1 <= out["image"].min() and out["image"].max() <= 1
         # The whole-image box survives any crop and covers the whole output.
         np.testing.assert_allclose(out["boxes"], [[0, 0, 1, 1]], atol=1e-6)
+
+
+def test_decode_resized_equals_decode_then_resize():
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (300, 500, 3), np.uint8)).save(buf, "JPEG")
+    fused = pp.decode_resized(buf.getvalue(), 64)
+    two_ops = pp.Resize(64)({"image": pp.decode_image(buf.getvalue(), 64)})["image"]
+    assert fused.shape == (64, 64, 3) and np.array_equal(fused, two_ops)

@@ -101,7 +101,10 @@ class ExampleTransform(grain.transforms.RandomMap):
                                             float(aug.min_visible)))
             # Decode big enough that the smallest crop is still >= size pixels on its short side.
             min_side = math.ceil(size / math.sqrt(float(aug.crop_area[0])))
-        ops.append(pp.Resize(size))
+        # Without a crop the resize is fused into the decode (pp.decode_resized).
+        self.fused_resize = size if not (train and aug.crop) else None
+        if self.fused_resize is None:
+            ops.append(pp.Resize(size))
         if train and aug.flip:
             ops.append(pp.RandomFlip(float(aug.flip_prob), swap_words=True))
         ops.append(pp.ValueRange(*map(float, config.value_range)))
@@ -111,7 +114,10 @@ class ExampleTransform(grain.transforms.RandomMap):
     def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
         try:
             rec = record_lib.decode(element)
-            image = pp.decode_image(rec.image, self.min_side)
+            if self.fused_resize is not None:
+                image = pp.decode_resized(rec.image, self.fused_resize)
+            else:
+                image = pp.decode_image(rec.image, self.min_side)
         except Exception as e:  # Name the record: a bare PIL error in a worker is hard to trace.
             raise ValueError(f"bad record in training data: {e}") from e
         features = {"image": image, "boxes": rec.boxes, "phrases": rec.phrases,
