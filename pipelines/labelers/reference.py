@@ -66,19 +66,16 @@ def score_matrix(names: list[list[str]], queries: list[str]) -> np.ndarray:
     qwords = [set(q.split()) for q in qnorm]
     for r, region in enumerate(names):
         name_words = [set(n.split()) for n in region]
+        vocabulary = set().union(*name_words)
         exact = set(region)
         for j, q in enumerate(qnorm):
-            if not q:
-                continue
+            if not q or qwords[j].isdisjoint(vocabulary):
+                continue  # Most queries share no word with a region: skip the Jaccard loop.
             if q in exact:
                 scores[r, j] = EXACT + 0.005 * min(len(qwords[j]), 10)
                 continue
-            best = 0.0
-            for words in name_words:
-                union = len(words | qwords[j])
-                if union:
-                    best = max(best, len(words & qwords[j]) / union)
-            scores[r, j] = PARTIAL * best
+            scores[r, j] = PARTIAL * max(
+                len(words & qwords[j]) / len(words | qwords[j]) for words in name_words)
     return scores
 
 
