@@ -40,9 +40,8 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
 
+from pipelines import finalize, stages  # noqa: E402
 from pipelines import manifest as manifest_lib  # noqa: E402
-from pipelines import record as record_lib  # noqa: E402
-from pipelines import shard_sink, stages  # noqa: E402
 from pipelines.decode import DecodeConfig  # noqa: E402
 from pipelines.postprocess import PostprocessConfig  # noqa: E402
 from pipelines.sources import FORMATS, DeadLetter, SourceConfig  # noqa: E402
@@ -160,43 +159,6 @@ def _config_dict(options: PipelineOptions) -> dict:
             if k in ours or (k in _RUN_OPTIONS and v is not None)}
 
 
-class Finalize(beam.DoFn):
-    """Runs once, after every shard is written: empty shards, manifest, preview."""
-
-    def __init__(self, opts: dict, num_shards: int, config: dict):
-        self._o, self._n, self._config = opts, num_shards, config
-
-    def process(self, _, reads, shards, dead, filtered, notes, boxes, labelers, previews):
-        out = self._o["output"]
-        written: dict[int, int] = {}
-        for index, count in shards:
-            written[index] = max(written.get(index, 0), count)
-        shard_list = shard_sink.finalize_shards(out, self._o["split"], self._n, written)
-        empty_boxes = manifest_lib.BoxStatsFn()
-        box_stats = boxes[0] if boxes else empty_boxes.extract_output(
-            empty_boxes.create_accumulator())
-        doc = manifest_lib.build_manifest(
-            read=sum(reads), shards=shard_list, dead_lettered=dict(dead), filtered=dict(filtered),
-            boxes=box_stats, config=self._config,
-            labelers=sorted(set(labelers)) or [self._o["labeler"]], notes=dict(notes),
-        )
-        if not doc["counts"]["balanced"]:
-            print(f"annotate: WARNING counts do not add up: {doc['counts']}", file=sys.stderr)
-        manifest_lib.write_json(FileSystems.join(out, "manifest.json"), doc)
-        from pipelines import preview
-
-        recs = [record_lib.decode(data) for _, data in sorted(previews)]
-        for name, payload in (("preview.html", preview.render_html(recs).encode("utf-8")),
-                              ("preview.png", preview.contact_sheet(recs))):
-            tmp = FileSystems.join(out, f"{name}.tmp-{uuid.uuid4().hex}")
-            with FileSystems.create(tmp) as f:
-                f.write(payload)
-            if FileSystems.exists(FileSystems.join(out, name)):
-                FileSystems.delete([FileSystems.join(out, name)])
-            FileSystems.rename([tmp], [FileSystems.join(out, name)])
-        yield doc
-
-
 def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dict) -> None:
     """Adds the whole annotate graph to `p`."""
     from apache_beam.ml.inference.base import RunInference
@@ -232,7 +194,7 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dic
         stages.failed_batch_to_dead)
     post = PostprocessConfig(opts.score_threshold, opts.nms_iou, opts.max_boxes, opts.min_box_size)
     records = inferred | "ToRecord" >> beam.ParDo(stages.ToRecordFn(
-        post, num_shards=num_shards, require_boxes=opts.require_boxes, labeler_name=opts.labeler,
+        post, num_shards=num_shards, require_boxes=opts.require_boxes,
     )).with_outputs(stages.DEAD, stages.FILTERED, stages.SUMMARY, stages.LABELER, stages.PREVIEW,
                     main="records")
     shards = (records.records
@@ -252,7 +214,7 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dic
         p
         | "Once" >> beam.Create([None])
         | "Finalize" >> beam.ParDo(
-            Finalize({"output": opts.output, "split": opts.split, "labeler": opts.labeler},
+            finalize.Finalize({"output": opts.output, "split": opts.split, "labeler": opts.labeler},
                      num_shards, config),
             side(read[stages.READ]),
             side(shards),

@@ -117,7 +117,7 @@ def build_manifest(
 
 def write_json(path: str, document: Any) -> None:
     """Writes JSON at `path` via a temp name + rename, on any Beam filesystem."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # finalize._write_atomic does the same for bytes
     with FileSystems.create(tmp) as f:
         f.write(json.dumps(document, indent=2, sort_keys=False, default=str).encode("utf-8"))
     if FileSystems.exists(path):

@@ -167,10 +167,8 @@ class ToRecordFn(beam.DoFn):
     (a deterministic hash rank + record bytes, so the preview sample is the same on every run).
     """
 
-    def __init__(self, post: PostprocessConfig, *, num_shards: int, require_boxes: bool,
-                 labeler_name: str):
+    def __init__(self, post: PostprocessConfig, *, num_shards: int, require_boxes: bool):
         self._post, self._num_shards, self._require = post, num_shards, require_boxes
-        self._labeler_name = labeler_name
         self._written = Metrics.counter(NS, "records_out")
         self._boxes = Metrics.counter(NS, "boxes_kept")
         self._t_post = Metrics.counter(NS, "time_us/postprocess")

@@ -8,13 +8,13 @@ import re
 import tarfile
 from pathlib import Path
 
+import annotate_fixtures as af
 import numpy as np
 import pytest
 
 from pipelines import annotate
 from pipelines.labelers.reference import normalize
 from pipelines.postprocess import iou_matrix
-from tests import annotate_fixtures as af
 
 
 def _run(inp: str, out: Path, *extra: str) -> dict:
@@ -160,7 +160,7 @@ def test_owlvit_tiny_checkpoint_gives_valid_records(tmp_path):
     for mod in ("pipelines.owlvit.labeler", "transformers", "torch"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} is not installed; the OWL-ViT path needs it")
-    from tests.owlvit_fixtures import make_tiny_checkpoint
+    from owlvit_fixtures import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", 2)
     af.write_tar(tmp_path / "in" / "a.tar", af.clean_samples(0, 4))

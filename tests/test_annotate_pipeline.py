@@ -3,17 +3,18 @@
 One module-scoped run is shared by most asserts (Beam is slow to start on 2 cores); a second run into
 the same directory checks reruns (new shard count, --require_boxes)."""
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import annotate_fixtures as af
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import annotate
-from tests import annotate_fixtures as af
+from pipelines import annotate, shard_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = "a red square " + "lorem ipsum " * 9000  # > 100,000 characters
@@ -26,7 +27,7 @@ def _special_samples() -> list[tuple[str, dict[str, bytes]]]:
     for n, kind in enumerate(["cmyk", "gray", "palette", "alpha", "i16", "exif", "long", "script",
                               "noregions"]):
         image, caption, meta = af.scene(50 + n)
-        upright = Image.open(__import__("io").BytesIO(image))
+        upright = Image.open(io.BytesIO(image))
         if kind == "cmyk":
             image = af.jpeg(upright.convert("CMYK"))
         elif kind == "gray":
@@ -139,7 +140,7 @@ def test_records_decode_and_match_ground_truth(run1):
     assert sorted(p.name for p in out.glob("*.array_record")) == [
         f"train-{i:05d}-of-00003.array_record" for i in range(3)]
     assert [s["records"] for s in m["shards"]] == [
-        len([r for r in recs if annotate.shard_sink.shard_index(r.key, 3) == i]) for i in range(3)]
+        len([r for r in recs if shard_sink.shard_index(r.key, 3) == i]) for i in range(3)]
     by_key = {r.key: r for r in recs}
     for i in range(8):
         rec = by_key[f"{i:09d}"]
@@ -155,7 +156,7 @@ def test_records_decode_and_match_ground_truth(run1):
         rec = by_key[key]
         assert (rec.height, rec.width) == (96, 128), key  # EXIF rotation undone
         assert rec.num_regions >= 1, key
-        im = np.asarray(Image.open(__import__("io").BytesIO(rec.image)))
+        im = np.asarray(Image.open(io.BytesIO(rec.image)))
         assert im.ndim == 3 and im.shape[2] == 3, key
     assert len(by_key["special-long"].caption) <= 2000
     assert by_key["special-script"].caption == SCRIPT  # data is stored verbatim ...

@@ -6,6 +6,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import annotate_fixtures as af
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,7 +18,6 @@ from pipelines.labelers.base import Detections, LabelerInput
 from pipelines.labelers.reference import ReferenceLabeler, normalize, score_matrix
 from pipelines.postprocess import PostprocessConfig, iou_matrix, nms, select_regions
 from pipelines.sources import DeadLetter, RawSample, SourceConfig, read_file
-from tests import annotate_fixtures as af
 
 CFG = DecodeConfig()
 
