@@ -30,7 +30,7 @@ def draw(rec: record_lib.Record, size: int = THUMB) -> Image.Image:
         d.rectangle([float(v) for v in box], outline=color, width=2)
         label = f"{phrase[:30]} {score:.2f}"
         x, y = float(box[0]), max(0.0, float(box[1]) - 11)
-        d.rectangle([x, y, x + 6 * len(label), y + 11], fill=color)
+        d.rectangle([x, y, x + d.textlength(label) + 2, y + 11], fill=color)
         d.text((x + 1, y), label, fill="white")
     return im
 
