@@ -37,6 +37,25 @@ class _IteratorSnapshot:
         return self._json.encode()
 
 
+def restore_params(path: str, sharding: Any = None) -> Any:
+    """The params item of one checkpoint (`WORKDIR/checkpoints/<step>/params`), on any topology.
+
+    Orbax refuses to restore arrays saved under another device topology (a pod's checkpoint on a
+    CPU box) without a target, so one is built from the saved shapes with `sharding` (default:
+    the first local device).
+    """
+    import jax
+
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    ckptr = ocp.StandardCheckpointer()
+    meta = ckptr.metadata(epath.Path(path))
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          tree)
+    return ckptr.restore(epath.Path(path), target)
+
+
 class Checkpointer:
     """A CheckpointManager over WORKDIR/checkpoints with the three items above."""
 

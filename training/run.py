@@ -8,6 +8,7 @@ environment describes one), before anything else touches JAX.
 
 from __future__ import annotations
 
+import logging as pylogging
 import sys
 from pathlib import Path
 
@@ -26,6 +27,14 @@ _EXPORT_ONLY = flags.DEFINE_bool(
     "export_only", False, "Only export the latest checkpoint's encoder to WORKDIR/encoder.npz.")
 
 
+class _QuietLibraries(pylogging.Filter):
+    """Keeps Orbax/Grain INFO chatter (dozens of lines per checkpoint) out of the training log."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        noisy = any(part in record.pathname for part in ("/orbax/", "/grain/"))
+        return record.levelno >= pylogging.WARNING or not noisy
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments {argv[1:]}: flags look like --name=value")
@@ -33,6 +42,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("missing --config: e.g. --config training/configs/locca.py:tiny")
     if not _WORKDIR.value:
         raise SystemExit("missing --workdir: the directory for checkpoints and metrics")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     from training import trainer  # Imports JAX: after flag parsing, before any JAX call below.
 
     trainer.distributed_from_env()

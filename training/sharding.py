@@ -29,8 +29,13 @@ DATA_AXES = ("data", "fsdp")
 
 
 def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ("data", "fsdp") mesh; a -1 size takes all remaining devices."""
+    """A ("data", "fsdp") mesh; a -1 size takes all remaining devices.
+
+    mesh_cfg.num_devices > 0 uses only the first that many devices (tests compare 1 vs 8).
+    """
     devices = list(devices if devices is not None else jax.devices())
+    if int(mesh_cfg.get("num_devices", 0)) > 0:
+        devices = devices[: int(mesh_cfg.num_devices)]
     n = len(devices)
     data, fsdp = int(mesh_cfg.get("data", -1)), int(mesh_cfg.get("fsdp", 1))
     if data == -1 and fsdp == -1:

@@ -50,14 +50,21 @@ def init_state(model: LocCa, tx: optax.GradientTransformation, shardings: State,
                init_cfg: Any) -> State:
     """Fresh state placed with `shardings`; the encoder optionally from a big_vision .npz."""
     rng_init, rng_train = jax.random.split(jax.random.PRNGKey(seed))
-    params = jax.jit(lambda r: init_params(model, r),
-                     out_shardings=shardings["params"])(rng_init)
     if init_cfg.get("encoder_npz"):
+        params = jax.jit(lambda r: init_params(model, r),
+                         out_shardings=shardings["params"])(rng_init)
         host = jax.device_get(params)
         host["img"] = load_vit_params(init_cfg.encoder_npz, host["img"],
                                       dont_load=tuple(init_cfg.get("dont_load", ())))
         params = jax.device_put(host, shardings["params"])
-    opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+        opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+    else:  # One program for both: compiling is most of a small run's start-up.
+        def init(r):
+            p = init_params(model, r)
+            return p, tx.init(p)
+
+        params, opt_state = jax.jit(
+            init, out_shardings=(shardings["params"], shardings["opt_state"]))(rng_init)
     return {
         "params": params,
         "opt_state": opt_state,

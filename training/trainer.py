@@ -9,9 +9,11 @@ at the current step boundary and returns "preempted"; the same command then resu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import zlib
 from typing import Any
 
 import jax
@@ -110,6 +112,11 @@ class _StopFlag:
 def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool = False) -> str:
     """Trains (or resumes) to config.total_steps. Returns "done", "preempted" or "exported"."""
     check_inputs(config)
+    if config.get("compilation_cache_dir"):
+        # Persistent XLA cache: restarts (preemption, tests) skip recompiling the same programs.
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     workdir_path = epath.Path(workdir)
     primary = jax.process_index() == 0
     tok = Tokenizer.load(config.tokenizer)
@@ -168,12 +175,19 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
     perf = _Perf(config, mesh, abstract_params)
     compiled = None
     status = "done"
+    hashes = None
+    if config.get("log_batch_hashes") and primary:
+        hashes = (workdir_path / "batch_hashes.jsonl").open("a")
     try:
         while step < total:
             if stop.set or ckpt.reached_preemption(step):
                 status = "preempted"
                 break
-            batch = sharding.put_batch(ts.numeric_batch(next(it)), mesh)
+            host_batch = ts.numeric_batch(next(it))
+            if hashes is not None:
+                hashes.write(json.dumps({"step": step + 1, "crc": _crc(host_batch)}) + "\n")
+                hashes.flush()
+            batch = sharding.put_batch(host_batch, mesh)
             if compiled is None:
                 compiled = step_fn.lower(state, batch).compile()
                 perf.set_compiled(compiled)
@@ -205,11 +219,20 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
                 _write_atomic(workdir_path / "DONE", f"{step}\n")
     finally:
         stop.uninstall()
+        if hashes is not None:
+            hashes.close()
         ckpt.close()
         writer.close()
         if bar is not None:
             bar.close()
     return status
+
+
+def _crc(batch: dict[str, np.ndarray]) -> int:
+    crc = 0
+    for key in sorted(batch):
+        crc = zlib.crc32(np.ascontiguousarray(batch[key]).tobytes(), crc)
+    return crc
 
 
 def _brief(row: dict[str, float]) -> str:

@@ -73,7 +73,7 @@ def _base() -> ml_collections.ConfigDict:
     # Initialise the encoder from a big_vision ViT .npz (strict; dont_load are regexes to skip).
     c.init = ml_collections.ConfigDict(dict(encoder_npz="", dont_load=("head/.*",)))
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))  # 0: all devices
     c.sharding = ml_collections.ConfigDict(dict(rules=((".*", "fsdp"),), min_shard_size=1024))
 
     c.checkpoint = ml_collections.ConfigDict(dict(interval=200, keep=3, use_async=True))
@@ -82,6 +82,10 @@ def _base() -> ml_collections.ConfigDict:
     # Peak FLOP/s of one device for MFU; 0 measures a float32 matmul at start-up (CPU).
     c.peak_flops_per_device = 0.0
     c.export_encoder = True
+    # Append a CRC of every batch to WORKDIR/batch_hashes.jsonl (determinism/resume audits).
+    c.log_batch_hashes = False
+    # A directory for JAX's persistent compilation cache ("" = off); speeds up restarts.
+    c.compilation_cache_dir = ""
     return c
 
 

@@ -1,0 +1,99 @@
+"""The same 3 steps on 1 CPU device and on 8 simulated devices (data=8; data=4 x fsdp=2) agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training import fake_data, trainer
+from training.checkpointing import restore_params
+from training.configs.locca import get_config
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    fake_data.write_shards(str(d), num_records=48)
+    fake_data.write_tokenizer(str(d / "tok.model"))
+    return d
+
+
+def micro(corpus: Path, **mesh):
+    c = get_config("micro")
+    c.data.train_glob = str(corpus / "train-*.array_record")
+    c.tokenizer = str(corpus / "tok.model")
+    c.total_steps = STEPS
+    c.parallel_prob = 0.5  # exercises per-example randomness under sharding too
+    c.checkpoint.interval = STEPS
+    c.progress_bar = False
+    c.mesh.update(mesh)
+    return c
+
+
+def losses(workdir: Path) -> np.ndarray:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return np.asarray([[r["loss"], r["cap/loss"], r["aref/loss"], r["gcap/loss"]] for r in rows])
+
+
+def final_params(workdir: Path) -> dict:
+    # The params item alone, no CheckpointManager (as the evaluation stage reads it); a target
+    # tree is needed because the 8-device checkpoints come from another topology.
+    return restore_params(str(workdir / "checkpoints" / str(STEPS) / "params"))
+
+
+_EIGHT = textwrap.dedent("""
+    import sys
+    import jax
+    assert jax.device_count() == 8, jax.devices()
+    sys.path.insert(0, sys.argv[1])
+    from test_trainer_exactness import micro
+    from training import trainer
+    from pathlib import Path
+    corpus, out = Path(sys.argv[2]), Path(sys.argv[3])
+    for name, mesh in (("data8", dict(data=8, fsdp=1)), ("data4_fsdp2", dict(data=4, fsdp=2))):
+        assert trainer.train(micro(corpus, **mesh), str(out / name)) == "done"
+""")
+
+
+def test_one_device_equals_eight(corpus: Path, tmp_path: Path):
+    assert trainer.train(micro(corpus, num_devices=1), str(tmp_path / "one")) == "done"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", _EIGHT, str(Path(__file__).parent), str(corpus), str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    ref_loss, ref_params = losses(tmp_path / "one"), final_params(tmp_path / "one")
+    assert ref_loss.shape == (STEPS, 4) and ref_loss[-1, 0] < ref_loss[0, 0]
+    for name in ("data8", "data4_fsdp2"):
+        np.testing.assert_allclose(losses(tmp_path / name), ref_loss, rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+        got = final_params(tmp_path / name)
+        flat_ref = dict(_flatten(ref_params))
+        flat_got = dict(_flatten(got))
+        assert flat_ref.keys() == flat_got.keys()
+        for key, ref in flat_ref.items():
+            np.testing.assert_allclose(flat_got[key], ref, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{name}: {key}")
+    sharding = json.loads((tmp_path / "data4_fsdp2" / "checkpoints" / str(STEPS) / "params"
+                           / "_sharding").read_text())
+    assert any("fsdp" in json.dumps(v) for v in sharding.values()), "nothing was FSDP-sharded"
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten(v, f"{prefix}/{k}" if prefix else k)
+    else:
+        yield prefix, np.asarray(tree)
