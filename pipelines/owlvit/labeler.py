@@ -12,6 +12,7 @@ Speed comes from doing less work, exactly (the OWL-ST workload is up to 300 quer
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -28,12 +29,21 @@ from pipelines.owlvit.text import CLIP_BEST_TEMPLATES, QueryTokenizer, apply_tem
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _bucket(n: int, smallest: int, largest: int) -> int:
+def _bucket(n: int, smallest: int, largest: int) -> int:  # image batch sizes
     """Smallest power-of-two multiple of `smallest` that holds n, capped at `largest`."""
     b = smallest
     while b < n and b < largest:
         b *= 2
     return min(b, largest)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted(cfg, dtype: str):
+    """(image_fn, text_fn) jitted once per (config, dtype): labellers of one model share programs."""
+    model = OwlViT(cfg, dtype=_DTYPES[dtype])
+    image_fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=OwlViT.embed_image))
+    text_fn = jax.jit(lambda p, i, e: model.apply({"params": p}, i, e, method=OwlViT.embed_text))
+    return image_fn, text_fn
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -60,19 +70,16 @@ class OwlVitLabeler(Labeler):
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
         self.max_batch = max(1, int(max_batch))
-        self.text_batch = max(8, int(text_batch))
+        self.text_batch = max(16, int(text_batch))
+        self._row_buckets = [16 * 2**i for i in range(8) if 16 * 2**i <= self.text_batch]
         self.cache_size = max(0, int(cache_size))
         self.resize_method = resize_method or ("bicubic" if self.config.version == 1 else "linear_aa")
         compute = _DTYPES[dtype]
-        self._model = OwlViT(self.config, dtype=compute)
         params = checkpoint.params
         if compute != jnp.float32:
             params = jax.tree.map(lambda a: np.asarray(a).astype(compute), params)
         self._params = jax.device_put(params)
-        self._image_fn = jax.jit(
-            lambda p, x: self._model.apply({"params": p}, x, method=OwlViT.embed_image))
-        self._text_fn = jax.jit(
-            lambda p, ids, eos: self._model.apply({"params": p}, ids, eos, method=OwlViT.embed_text))
+        self._image_fn, self._text_fn = _jitted(self.config, dtype)
         self._shapes: set[tuple] = set()
         self._cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self.stats = collections.Counter()
@@ -101,23 +108,40 @@ class OwlVitLabeler(Labeler):
 
     # ---- text ------------------------------------------------------------------------------
 
+    def _chunks(self, n: int) -> list[int]:
+        """Splits n rows into power-of-two chunk sizes in [16, text_batch], wasting < 16 rows."""
+        sizes = []
+        while n > 0:
+            fit = [b for b in self._row_buckets if b <= n]
+            size = fit[-1] if fit else self._row_buckets[0]
+            sizes.append(size)
+            n -= size
+        return sizes
+
     def _run_text(self, texts: list[str]) -> np.ndarray:
-        """texts -> float32[N, D] unit embeddings, in chunks of similar length."""
+        """texts -> float32[N, D] unit embeddings.
+
+        Sequences are grouped by length bucket (multiples of 4 tokens) and each group is run in
+        power-of-two row chunks, so a short n-gram never pays for a long one and the number of
+        distinct (rows, tokens) programs stays small (<= 5 row sizes x 4 lengths).
+        """
         lengths = self.tokenizer.lengths(texts)
-        order = np.argsort(lengths, kind="stable")
+        widths = np.minimum(self.config.max_text_len, 4 * -(-lengths // 4))
         out = np.zeros((len(texts), self.config.projection_dim), np.float32)
-        max_len = self.config.max_text_len
-        for start in range(0, len(texts), self.text_batch):
-            idx = order[start:start + self.text_batch]
-            width = min(max_len, 4 * -(-int(lengths[idx].max()) // 4))  # multiple of 4
-            ids, eos = self.tokenizer.encode([texts[i] for i in idx], length=width)
-            n = _bucket(len(idx), 16, self.text_batch)
-            ids = np.pad(ids, ((0, n - len(idx)), (0, 0)))
-            eos = np.pad(eos, (0, n - len(idx)))
-            self._shapes.add(("text", ids.shape))
-            out[idx] = np.asarray(self._text_fn(self._params, ids, eos))[: len(idx)]
-            self.stats["text_sequences"] += len(idx)
-            self.stats["text_tokens_run"] += ids.size
+        for width in np.unique(widths):
+            group = np.flatnonzero(widths == width)
+            start = 0
+            for rows in self._chunks(len(group)):
+                idx = group[start:start + rows]
+                start += rows
+                ids, eos = self.tokenizer.encode([texts[i] for i in idx], length=int(width))
+                ids = np.pad(ids, ((0, rows - len(idx)), (0, 0)))
+                eos = np.pad(eos, (0, rows - len(idx)))
+                self._shapes.add(("text", ids.shape))
+                out[idx] = np.asarray(self._text_fn(self._params, ids, eos))[: len(idx)]
+                self.stats["text_sequences"] += len(idx)
+                self.stats["text_rows_run"] += rows
+                self.stats["text_tokens_run"] += ids.size
         return out
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
