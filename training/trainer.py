@@ -77,7 +77,7 @@ def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _write_atomic(path: epath.Path, text: str) -> None:
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(text)
-    tmp.rename(path)
+    tmp.replace(path)  # atomic on POSIX; overwrites (a restart rewrites config.json)
 
 
 def _host_params(params: Any) -> Any:
