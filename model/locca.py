@@ -32,6 +32,12 @@ class LocCa(nn.Module):
 
     config: ml_collections.ConfigDict
 
+    def __post_init__(self) -> None:
+        # Freeze a mutable ConfigDict: Flax hashes modules (e.g. `jax.jit(model.apply)`).
+        if not isinstance(self.config, ml_collections.FrozenConfigDict):
+            object.__setattr__(self, "config", ml_collections.FrozenConfigDict(self.config))
+        super().__post_init__()
+
     def setup(self) -> None:
         c = self.config
         dtype = _dtype(c.dtype)

@@ -17,10 +17,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
 import scipy.ndimage
 from etils import epath
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -156,10 +158,19 @@ def load_vit_params(path: str, init_params: Mapping[str, Any], dont_load: Iterab
     return merge_strict(fix_old_names(read_npz(path, subtree)), init_params, dont_load)
 
 
+def _to_host(x: Any) -> np.ndarray:
+    """float32 numpy copy; arrays sharded across hosts are all-gathered first."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x, dtype=np.float32)
+
+
 def export_encoder(params: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:
     """Writes the encoder (`params["img"]`, or a bare ViT tree) as a standalone big_vision `.npz`
-    and returns the flat dict written. Arrays are gathered to host float32 numpy."""
+    and returns the flat dict written. Multi-host: every process must call it (the gather is
+    collective); only process 0 writes."""
     vit = params["img"] if "img" in params else params
-    flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten(vit).items()}
-    write_npz(flat, path)
+    flat = {k: _to_host(v) for k, v in traverse_util.flatten_dict(dict(vit), sep="/").items()}
+    if jax.process_index() == 0:
+        write_npz(flat, path)
     return flat

@@ -38,6 +38,7 @@ def test_every_config_shapes(variant):
     assert len([k for k in params["txt"] if k.startswith("EncDecBlock")]) == cfg.dec_depth
     assert cfg.dec_depth == max(1, cfg.depth // 2)  # the paper: about half the encoder
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    hash(model)  # jax.jit(model.apply) hashes the module: the config must be frozen
     if variant in ENCODER_MPARAMS:
         assert abs(_count(params["img"]) / 1e6 - ENCODER_MPARAMS[variant]) < 0.2
         assert cfg.image_size == 224 and cfg.max_len == 64
