@@ -247,9 +247,26 @@ def _reject_unknown_flags(argv: list[str]) -> None:
         raise _fail(f"unknown flag(s) {' '.join(flags)}; run with --help for the list")
 
 
+def _print_help() -> None:
+    """Beam's own --help lists no subclass flags: print ours, then point at Beam's."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python pipelines/annotate.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="Beam's runner flags (--runner, --project, --region, --temp_location, "
+        "--sdk_container_image, ...) are accepted too; see the module docstring for a Dataflow command.",
+    )
+    AnnotateOptions._add_argparse_args(parser)
+    parser.print_help()
+    raise SystemExit(0)
+
+
 def run_with_metrics(argv: list[str] | None = None) -> tuple[dict, dict[str, int]]:
     """Like run(), also returning the `annotate*` Beam counters (name -> committed value)."""
     argv = list(argv if argv is not None else sys.argv[1:])
+    if "-h" in argv or "--help" in argv:
+        _print_help()
     options = PipelineOptions(argv)
     try:
         opts = options.view_as(AnnotateOptions)
