@@ -4,18 +4,24 @@ Config (ConfigDict): refs (refs(unc).p / refs(umd).p / refs(google).p or refs.js
 (COCO instances.json), images (image dir), splits (default val/testA/testB), constrained (force
 4 location tokens + EOS; default True), batch_size, max_per_split (0: all).
 Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/count", "problems/*".
+Also writes every prediction to WORKDIR/eval/predictions/rec_{split}_step{step}.jsonl (image,
+sentence, predicted and true boxes, IoU) for galleries and error analysis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 
 import ml_collections
+import numpy as np
+from etils import epath
 
 from evaluation.checkpoint import TrainRun
 from evaluation.data.refcoco import load_rec
 from evaluation.evaluators import base
 from evaluation.evaluators.rec_common import predict_boxes, split_metrics
+from evaluation.metrics import box_iou
 from evaluation.predict import box_constraint
 
 
@@ -34,8 +40,11 @@ class Evaluator:
         self.predictor = base.shared_predictor(run, shared, int(config.get("batch_size", 32)))
         self.images = base.shared_images(run, shared)
         tok = run.tokenizer
-        self.allowed = (box_constraint(tok.vocab_size, tok.loc_start, tok.eos_id)
-                        if config.get("constrained", True) else None)
+        self.allowed = (
+            box_constraint(tok.vocab_size, tok.loc_start, tok.eos_id)
+            if config.get("constrained", True)
+            else None
+        )
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         params = ctx.params
@@ -50,4 +59,30 @@ class Evaluator:
         for split, examples in self.splits.items():
             preds = predict_boxes(examples, encode, gen, tok, self.predictor.batch_size)
             yield from split_metrics(split, examples, preds)
+            self._write_predictions(ctx.step, split, examples, preds)
         yield from base.problems_metrics(self.data.problems)
+
+    def _write_predictions(
+        self, step: int, split: str, examples: Sequence, preds: Sequence[np.ndarray | None]
+    ) -> None:
+        out_dir = epath.Path(self.run_.workdir) / "eval" / "predictions"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for ex, pred in zip(examples, preds, strict=True):
+            iou = None if pred is None else float(box_iou(np.asarray(pred), np.asarray(ex.box))[0])
+            lines.append(
+                json.dumps(
+                    {
+                        "ref_id": ex.ref_id,
+                        "image_id": ex.image_id,
+                        "file_name": epath.Path(ex.image_path).name,
+                        "sentence": ex.sentence,
+                        "pred_box": None if pred is None else [float(v) for v in pred],
+                        "gt_box": [float(v) for v in ex.box],
+                        "iou": iou,
+                    }
+                )
+            )
+        tmp = out_dir / f".rec_{split}_step{step}.jsonl.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.rename(out_dir / f"rec_{split}_step{step}.jsonl")
