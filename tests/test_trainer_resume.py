@@ -126,6 +126,7 @@ def test_sigkill_resume_is_exact(straight: Path, corpus: Path, cache: Path, tmp_
     assert_same_run(workdir, straight)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_zero(straight: Path, corpus: Path, cache: Path, tmp_path: Path):
     workdir = tmp_path / "preempted"
     cmd = command(workdir, corpus, cache)

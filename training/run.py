@@ -35,10 +35,34 @@ class _QuietLibraries(pylogging.Filter):
         return record.levelno >= pylogging.WARNING or not noisy
 
 
+def _one_line(error: BaseException) -> str:
+    """The informative last line of an error (config_flags embeds whole tracebacks)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    if isinstance(error, AttributeError | KeyError):
+        text = f"no config field {text.strip(chr(34))}"
+    return text
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing with one readable line (no traceback) for a bad flag or config file."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - config_flags raises many types; all are user errors
+        raise SystemExit(f"bad flag: {_one_line(e)} (e.g. --config training/configs/locca.py:tiny"
+                         " --config.total_steps=100; --helpfull lists the flags)") from None
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments {argv[1:]}: flags look like --name=value")
-    if _CONFIG.value is None:
+    try:
+        config = _CONFIG.value
+        if config is not None:
+            config.get("total_steps")  # a file that failed to load raises only on first use
+    except OSError as e:  # config_flags defers a missing/broken config file to first use
+        raise SystemExit(f"cannot load --config: {_one_line(e)}") from None
+    if config is None:
         raise SystemExit("missing --config: e.g. --config training/configs/locca.py:tiny")
     if not _WORKDIR.value:
         raise SystemExit("missing --workdir: the directory for checkpoints and metrics")
@@ -46,10 +70,10 @@ def main(argv: list[str]) -> None:
     from training import trainer  # Imports JAX: after flag parsing, before any JAX call below.
 
     trainer.distributed_from_env()
-    status = trainer.train(_CONFIG.value, _WORKDIR.value, export_only=_EXPORT_ONLY.value)
+    status = trainer.train(config, _WORKDIR.value, export_only=_EXPORT_ONLY.value)
     logging.info("training %s", status)
     print(f"training {status}: {_WORKDIR.value}", flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
