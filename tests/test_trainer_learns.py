@@ -85,7 +85,7 @@ def test_loss_falls_within_a_few_hundred_steps(tmp_path: Path):
 
 @pytest.mark.slow
 def test_tiny_budget_gives_well_formed_aref_boxes(tmp_path: Path):
-    """The full `tiny` budget (~15-20 min on 2 cores): aref writes boxes without a constraint."""
+    """The full `tiny` budget (15-30 min on 2 shared cores; measured: 16/16 well-formed, mean IoU 0.33): aref writes boxes without a constraint."""
     workdir, c = _train(tmp_path, None, None)
     boxes, records = _aref_boxes(tmp_path, workdir, c)
     good = [b for b in boxes if b is not None]
