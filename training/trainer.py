@@ -117,6 +117,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool 
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if "://" not in workdir:  # Orbax's tensorstore layer needs absolute local paths
+        workdir = os.path.abspath(workdir)
     workdir_path = epath.Path(workdir)
     primary = jax.process_index() == 0
     tok = Tokenizer.load(config.tokenizer)
