@@ -1,0 +1,117 @@
+"""The demo's report: targets judged from the stages' own files, untrusted text escaped."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
+import demo  # noqa: E402
+import demo_report  # noqa: E402
+
+
+def _results(path: Path, rows: list[tuple]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "results.jsonl", "w") as f:
+        for step, evaluator, split, metric, value in rows:
+            f.write(
+                json.dumps(
+                    dict(
+                        step=step,
+                        evaluator=evaluator,
+                        split=split,
+                        metric=metric,
+                        value=value,
+                        time=0.0,
+                    )
+                )
+                + "\n"
+            )
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    _results(
+        tmp_path / "locca" / "eval",
+        [
+            (100, "rec", "val", "acc@0.5", 0.10),  # an older step: must not be used
+            (200, "rec", "val", "acc@0.5", 0.70),
+            (200, "rec", "testA", "acc@0.5", 0.60),
+            (200, "rec_transfer", "val", "acc@0.5", 0.50),
+            (200, "rec_transfer", "val", "acc@0.5_untrained", 0.0),
+            (
+                200,
+                "rec_transfer",
+                "train",
+                "acc@0.5",
+                0.99,
+            ),  # the transfer's own train split: ignored
+            (200, "captioning", "val", "cider", 1.00),
+        ],
+    )
+    _results(
+        tmp_path / "cap" / "eval",
+        [
+            (200, "rec_transfer", "val", "acc@0.5", 0.35),
+            (200, "captioning", "val", "cider", 1.08),
+        ],
+    )
+    pred_dir = tmp_path / "locca" / "eval" / "predictions"
+    pred_dir.mkdir(parents=True)
+    (pred_dir / "rec_val_step200.jsonl").write_text(
+        json.dumps(
+            dict(
+                file_name="missing.jpg",
+                sentence="<script>alert(1)</script>",
+                pred_box=None,
+                gt_box=[0, 0, 1, 1],
+                iou=None,
+            )
+        )
+        + "\n"
+    )
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "corpus.json").write_text(
+        json.dumps(dict(command="python pipelines/sample_corpus.py --output '<b>'", seconds=1.0))
+    )
+    return tmp_path
+
+
+def test_targets_use_the_last_step_and_held_out_splits(run_dir: Path):
+    report = demo_report.build(run_dir)
+    targets = report["targets"]
+    assert targets["rec_locca"]["value"] == pytest.approx(0.65)
+    assert targets["rec_locca"]["passed"]
+    assert targets["transfer_gap"]["value"] == pytest.approx(15.0)
+    assert targets["transfer_gap"]["passed"]
+    assert targets["cider_kept"]["value"] == pytest.approx(-8.0)
+    assert not targets["cider_kept"]["passed"]
+    saved = json.loads((run_dir / "report.json").read_text())
+    assert saved["metrics"]["locca"]["step"] == 200
+
+
+def test_missing_results_fail_targets_plainly(tmp_path: Path):
+    report = demo_report.build(tmp_path)
+    assert not any(t["passed"] for t in report["targets"].values())
+    assert "NOT met" in (tmp_path / "report.html").read_text()
+
+
+def test_html_escapes_commands(run_dir: Path):
+    demo_report.build(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert "'<b>'" not in page and "&#x27;&lt;b&gt;&#x27;" in page
+
+
+def test_stage_reuse_follows_dependencies(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(demo, "RUN_DIR", tmp_path)
+    stages = {s.name: s for s in demo.stages()}
+    assert stages["annotate"].deps == ("corpus",)
+    assert stages["report"].deps == ("eval_locca", "eval_cap")
+    corpus = stages["corpus"]
+    assert not corpus.is_done()
+    corpus.marker.parent.mkdir(parents=True)
+    corpus.marker.write_text(json.dumps({"command": corpus.shell()}))
+    assert corpus.is_done()
+    corpus.marker.write_text(json.dumps({"command": corpus.shell() + " --changed"}))
+    assert not corpus.is_done()  # a changed command is redone
