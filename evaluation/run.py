@@ -11,6 +11,7 @@ WORKDIR/eval/tensorboard/, WORKDIR/eval/curves.png. Safe to restart and to run t
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -125,6 +126,8 @@ def main(argv) -> int:
         raise SystemExit("both --workdir TRAIN_DIR and --config evaluation/configs/NAME.py[:variant]"
                          " are required")
     workdir = _WORKDIR.value
+    if "://" not in workdir:  # Orbax reads metadata of relative local paths as empty.
+        workdir = os.path.abspath(workdir)
     config = _CONFIG.value
     if _WATCH.value:
         _wait_for_config(workdir, _TIMEOUT.value, config.poll_s)
@@ -136,7 +139,8 @@ def main(argv) -> int:
                         idle_timeout_s=_TIMEOUT.value, log=log)
         else:
             for step, path in watch.iter_once(workdir, _STEP.value):
-                if not job.evaluate_step(step, path):
+                failures_before = job.failures
+                if not job.evaluate_step(step, path) and job.failures == failures_before:
                     log(f"step {step}: some evaluators are claimed by another running job")
     except CheckpointMismatch as e:
         raise SystemExit(f"error: {e}") from None
