@@ -3,8 +3,10 @@
 Speed comes from doing less work, exactly (the OWL-ST workload is up to 300 queries per image):
   - queries are deduplicated across the batch and their (template-ensembled) embeddings are kept in
     a bounded LRU cache across batches;
-  - text sequences are sorted by length and run in chunks trimmed to the chunk's longest query
-    (CLIP text attention is causal and pools the EOS token, so trailing pads change nothing);
+  - text sequences are packed as a trie (packing.py): shared prefixes (the template's words, n-grams
+    starting at the same word) are computed once per row, with a tree attention mask (exact: CLIP
+    text attention is causal and pools the EOS token), and the last layer runs only at the EOS
+    tokens;
   - batch sizes and sequence lengths are bucketed so XLA compiles a handful of programs
     (`num_compiled_programs`), and class logits are one host matmul per image.
 """
@@ -22,6 +24,7 @@ import numpy as np
 from pipelines.labelers.base import Detections, Labeler, LabelerInput
 from pipelines.owlvit import checkpoint as ckpt_lib
 from pipelines.owlvit.model import OwlViT, class_logits
+from pipelines.owlvit.packing import pack
 from pipelines.owlvit.postprocess import to_image_boxes
 from pipelines.owlvit.preprocess import preprocess
 from pipelines.owlvit.text import CLIP_BEST_TEMPLATES, QueryTokenizer, apply_templates
@@ -42,7 +45,8 @@ def _jitted(cfg, dtype: str):
     """(image_fn, text_fn) jitted once per (config, dtype): labellers of one model share programs."""
     model = OwlViT(cfg, dtype=_DTYPES[dtype])
     image_fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=OwlViT.embed_image))
-    text_fn = jax.jit(lambda p, i, e: model.apply({"params": p}, i, e, method=OwlViT.embed_text))
+    text_fn = jax.jit(lambda p, i, pos, m, e: model.apply(
+        {"params": p}, i, pos, m, e, method=OwlViT.embed_text_packed))
     return image_fn, text_fn
 
 
@@ -58,8 +62,8 @@ class OwlVitLabeler(Labeler):
 
     def __init__(self, checkpoint: ckpt_lib.Checkpoint, tokenizer: QueryTokenizer, *,
                  templates: Sequence[str] = CLIP_BEST_TEMPLATES, dtype: str = "float32",
-                 max_batch: int = 8, cache_size: int = 100_000, text_batch: int = 256,
-                 resize_method: str | None = None):
+                 max_batch: int = 8, cache_size: int = 100_000, text_rows: int = 16,
+                 row_len: int = 128, resize_method: str | None = None):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(_DTYPES)}")
         if not templates:
@@ -70,8 +74,10 @@ class OwlVitLabeler(Labeler):
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
         self.max_batch = max(1, int(max_batch))
-        self.text_batch = max(16, int(text_batch))
-        self._row_buckets = [16 * 2**i for i in range(8) if 16 * 2**i <= self.text_batch]
+        # Packed text rows: row_len tokens each (a trie chunk), at most text_rows rows per call.
+        self.row_len = max(int(row_len), checkpoint.config.max_text_len)
+        self.eos_slots = max(1, self.row_len // 3)
+        self.text_rows = max(1, int(text_rows))
         self.cache_size = max(0, int(cache_size))
         self.resize_method = resize_method or ("bicubic" if self.config.version == 1 else "linear_aa")
         compute = _DTYPES[dtype]
@@ -108,41 +114,33 @@ class OwlVitLabeler(Labeler):
 
     # ---- text ------------------------------------------------------------------------------
 
-    def _chunks(self, n: int) -> list[int]:
-        """Splits n rows into power-of-two chunk sizes in [16, text_batch], wasting < 16 rows."""
-        sizes = []
-        while n > 0:
-            fit = [b for b in self._row_buckets if b <= n]
-            size = fit[-1] if fit else self._row_buckets[0]
-            sizes.append(size)
-            n -= size
-        return sizes
-
     def _run_text(self, texts: list[str]) -> np.ndarray:
-        """texts -> float32[N, D] unit embeddings.
+        """texts -> float32[N, D] unit embeddings, through trie-packed rows (see packing.py).
 
-        Sequences are grouped by length bucket (multiples of 4 tokens) and each group is run in
-        power-of-two row chunks, so a short n-gram never pays for a long one and the number of
-        distinct (rows, tokens) programs stays small (<= 5 row sizes x 4 lengths).
+        Calls take power-of-two row counts up to text_rows, all of row_len tokens, so the text
+        tower compiles at most log2(text_rows) + 1 programs.
         """
-        lengths = self.tokenizer.lengths(texts)
-        widths = np.minimum(self.config.max_text_len, 4 * -(-lengths // 4))
-        out = np.zeros((len(texts), self.config.projection_dim), np.float32)
-        for width in np.unique(widths):
-            group = np.flatnonzero(widths == width)
-            start = 0
-            for rows in self._chunks(len(group)):
-                idx = group[start:start + rows]
-                start += rows
-                ids, eos = self.tokenizer.encode([texts[i] for i in idx], length=int(width))
-                ids = np.pad(ids, ((0, rows - len(idx)), (0, 0)))
-                eos = np.pad(eos, (0, rows - len(idx)))
-                self._shapes.add(("text", ids.shape))
-                out[idx] = np.asarray(self._text_fn(self._params, ids, eos))[: len(idx)]
-                self.stats["text_sequences"] += len(idx)
-                self.stats["text_rows_run"] += rows
-                self.stats["text_tokens_run"] += ids.size
-        return out
+        seqs = self.tokenizer.token_lists(texts)
+        packed = pack(seqs, self.row_len, self.eos_slots)
+        n_rows = packed.ids.shape[0]
+        feats = np.zeros((n_rows, self.eos_slots, self.config.projection_dim), np.float32)
+        start = 0
+        while start < n_rows:
+            rows = _bucket(n_rows - start, 1, self.text_rows)
+            take = min(rows, n_rows - start)
+            sl = slice(start, start + take)
+            pad = ((0, rows - take),)
+            args = [np.pad(a[sl], pad + ((0, 0),) * (a.ndim - 1))
+                    for a in (packed.ids, packed.positions, packed.mask, packed.eos_idx)]
+            self._shapes.add(("text", args[0].shape))
+            feats[sl] = np.asarray(self._text_fn(self._params, *args))[:take]
+            self.stats["text_rows_run"] += rows
+            self.stats["text_tokens_run"] += rows * self.row_len
+            start += take
+        self.stats["text_sequences"] += len(texts)
+        self.stats["text_tokens_used"] += packed.tokens
+        self.stats["text_tokens_unpacked"] += sum(len(s) for s in seqs)
+        return feats[packed.out_row, packed.out_slot]
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         """queries -> float32[Q, D]: the mean of the unit embeddings of every template (cached)."""

@@ -44,20 +44,28 @@ class Attention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, causal: bool):
-        """x: float[B, T, D] -> float[B, T, D]; causal masks future tokens (text tower)."""
+    def __call__(self, x, causal: bool, mask=None, q_idx=None):
+        """x: float[B, T, D] -> float[B, T, D] (or float[B, E, D] with q_idx).
+
+        causal masks future tokens (text tower); mask: bool[B, T, T] replaces it (packed trees);
+        q_idx: int32[B, E] computes only those query positions (keys/values still use all T).
+        """
         b, t, d = x.shape
         h = self.cfg.num_heads
         dense = lambda name: nn.Dense(d, dtype=self.dtype, name=name)  # noqa: E731
-        split = lambda y: y.reshape(b, t, h, d // h)  # noqa: E731
-        q = split(dense("q_proj")(x)) * (d // h) ** -0.5
+        split = lambda y: y.reshape(b, y.shape[1], h, d // h)  # noqa: E731
+        xq = x if q_idx is None else jnp.take_along_axis(x, q_idx[..., None], axis=1)
+        q = split(dense("q_proj")(xq)) * (d // h) ** -0.5
         k, v = split(dense("k_proj")(x)), split(dense("v_proj")(x))
         w = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        if causal:
-            mask = jnp.tril(jnp.ones((t, t), bool))
-            w = jnp.where(mask, w, jnp.finfo(jnp.float32).min)
+        if mask is None and causal:
+            mask = jnp.tril(jnp.ones((t, t), bool))[None]
+        if mask is not None:
+            if q_idx is not None:
+                mask = jnp.take_along_axis(mask, q_idx[..., None], axis=1)
+            w = jnp.where(mask[:, None], w, jnp.finfo(jnp.float32).min)
         w = jax.nn.softmax(w, axis=-1).astype(self.dtype)
-        y = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, t, d)
+        y = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, q.shape[1], d)
         return dense("out_proj")(y)
 
 
@@ -66,9 +74,13 @@ class EncoderLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, causal: bool):
+    def __call__(self, x, causal: bool, mask=None, q_idx=None):
+        """q_idx: int32[B, E] keeps only those tokens' outputs (the MLP and LNs are per-token)."""
         ln = lambda name: nn.LayerNorm(self.cfg.layer_norm_eps, dtype=self.dtype, name=name)  # noqa: E731
-        x = x + Attention(self.cfg, self.dtype, name="self_attn")(ln("layer_norm1")(x), causal)
+        h = ln("layer_norm1")(x)
+        if q_idx is not None:
+            x = jnp.take_along_axis(x, q_idx[..., None], axis=1)
+        x = x + Attention(self.cfg, self.dtype, name="self_attn")(h, causal, mask, q_idx)
         return x + MLP(self.cfg, self.dtype, name="mlp")(ln("layer_norm2")(x))
 
 
@@ -77,9 +89,12 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, causal: bool = False):
-        for i in range(self.cfg.num_layers):
-            x = EncoderLayer(self.cfg, self.dtype, name=f"layers_{i}")(x, causal)
+    def __call__(self, x, causal: bool = False, mask=None, last_q_idx=None):
+        """last_q_idx: int32[B, E]: the last layer computes only those tokens (pooled outputs)."""
+        n = self.cfg.num_layers
+        for i in range(n):
+            q_idx = last_q_idx if i == n - 1 else None
+            x = EncoderLayer(self.cfg, self.dtype, name=f"layers_{i}")(x, causal, mask, q_idx)
         return x
 
 
@@ -88,11 +103,12 @@ class TextEmbeddings(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, ids):
+    def __call__(self, ids, positions=None):
+        """ids, positions: int32[B, L] (positions default to 0..L-1) -> float[B, L, Dt]."""
         d = self.cfg.text.hidden_size
         tok = nn.Embed(self.cfg.vocab_size, d, dtype=self.dtype, name="token_embedding")(ids)
         pos = nn.Embed(self.cfg.max_text_len, d, dtype=self.dtype, name="position_embedding")
-        return tok + pos(jnp.arange(ids.shape[1]))[None]
+        return tok + (pos(jnp.arange(ids.shape[1]))[None] if positions is None else pos(positions))
 
 
 class TextTransformer(nn.Module):
@@ -100,15 +116,22 @@ class TextTransformer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, ids, eos_pos):
-        """ids: int32[N, L] (L <= max_text_len), eos_pos: int32[N] -> pooled float[N, Dt].
+    def __call__(self, ids, eos_pos, positions=None, mask=None):
+        """Plain: ids int32[N, L] (L <= max_text_len), eos_pos int32[N] -> pooled float[N, Dt].
+
+        Packed (see packing.py): ids, positions int32[R, L], mask bool[R, L, L] (tree attention),
+        eos_pos int32[R, E] -> pooled float[R, E, Dt]; the last layer runs only at eos_pos, since
+        the pooled feature is the EOS token's and nothing after the last attention mixes tokens.
 
         CLIP text attention is causal and the pooled feature is the EOS token's, so tokens after
         EOS (padding) never influence the result: L may be trimmed to the longest query.
         """
-        x = TextEmbeddings(self.cfg, self.dtype, name="embeddings")(ids)
-        x = Encoder(self.cfg.text, self.dtype, name="encoder")(x, causal=True)
-        x = x[jnp.arange(x.shape[0]), eos_pos]
+        x = TextEmbeddings(self.cfg, self.dtype, name="embeddings")(ids, positions)
+        encoder = Encoder(self.cfg.text, self.dtype, name="encoder")
+        if mask is None:
+            x = encoder(x, causal=True)[jnp.arange(x.shape[0]), eos_pos]
+        else:
+            x = encoder(x, causal=True, mask=mask, last_q_idx=eos_pos)
         eps = self.cfg.text.layer_norm_eps
         return nn.LayerNorm(eps, dtype=self.dtype, name="final_layer_norm")(x)
 
@@ -234,6 +257,12 @@ class OwlViT(nn.Module):
     def embed_text(self, ids, eos_pos) -> jax.Array:
         """ids: int32[N, L], eos_pos: int32[N] -> float32[N, Dt] unit-norm query embeddings."""
         pooled = self.owlvit.text_model(ids, eos_pos)
+        q = self.owlvit.text_projection(pooled).astype(jnp.float32)
+        return q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+
+    def embed_text_packed(self, ids, positions, mask, eos_idx) -> jax.Array:
+        """Packed trie rows (packing.PackedRows fields) -> float32[R, E, Dt] unit-norm embeddings."""
+        pooled = self.owlvit.text_model(ids, eos_idx, positions, mask)
         q = self.owlvit.text_projection(pooled).astype(jnp.float32)
         return q / jnp.linalg.norm(q, axis=-1, keepdims=True)
 

@@ -87,6 +87,10 @@ class QueryTokenizer:
             ids[i, : len(e.ids)] = e.ids
         return ids, np.maximum(lengths - 1, 0)
 
+    def token_lists(self, texts: Sequence[str]) -> list[list[int]]:
+        """Unpadded ids per text (BOS ... EOS, truncated to max_len)."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=True)]
+
     def lengths(self, texts: Sequence[str]) -> np.ndarray:
         """int32[N] token counts (with BOS/EOS, after truncation)."""
         return np.array([len(e.ids) for e in self._tok.encode_batch(list(texts))], np.int32)
