@@ -83,8 +83,9 @@ def test_batch_contract(shards, tok):
     it = data.make_train_iter(_config(shards), tok, per_process_batch=6, seed=0,
                               process_index=0, process_count=1)
     b = next(it)
-    assert b["image"].shape == (6, 32, 32, 3) and b["image"].dtype == np.float32
-    assert -1.0 <= b["image"].min() < 0 < b["image"].max() <= 1.0
+    # uint8 by default: the train step (model_fns.model_images) maps it to [-1, 1].
+    assert b["image"].shape == (6, 32, 32, 3) and b["image"].dtype == np.uint8
+    assert b["image"].min() < 110 and b["image"].max() > 200  # grey canvas and red rectangle
     for task in tasks.TASKS:
         assert b[f"{task}/inputs"].shape == (6, 24) and b[f"{task}/inputs"].dtype == np.int32
         assert b[f"{task}/targets"].dtype == np.int32
@@ -174,6 +175,46 @@ def test_one_epoch_covers_every_record_once(shards, tok, process_count):
     assert sorted(seen) == list(range(NUM_RECORDS))
 
 
+def test_float32_images_match_uint8_scaled_in_the_train_step(shards, tok):
+    from training import model_fns
+
+    cfg = _config(shards)
+    u8 = next(data.make_train_iter(cfg, tok, per_process_batch=6, seed=0, process_index=0,
+                                   process_count=1))
+    cfg.image_dtype = "float32"
+    f32 = next(data.make_train_iter(cfg, tok, per_process_batch=6, seed=0, process_index=0,
+                                    process_count=1))
+    assert f32["image"].dtype == np.float32
+    assert -1.0 <= f32["image"].min() < 0 < f32["image"].max() <= 1.0
+    np.testing.assert_allclose(np.asarray(model_fns.model_images(u8["image"])), f32["image"],
+                               atol=1e-6)
+    assert np.array_equal(u8["cap/targets"], f32["cap/targets"])
+    # Float images pass through model_images unchanged.
+    assert model_fns.model_images(f32["image"]) is f32["image"]
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("image_dtype", "float16", "image_dtype"),
+    ("value_range", (0.0, 1.0), "image_dtype=float32"),
+])
+def test_bad_image_config_is_named(shards, tok, field, value, needle):
+    cfg = _config(shards)
+    setattr(cfg, field, value)
+    with pytest.raises(data.DataError, match=needle):
+        data.ExampleTransform(cfg, tok)
+
+
+def test_fast_and_pillow_resize_give_close_pixels(shards, tok):
+    cfg = _config(shards)
+    fast = next(data.make_train_iter(cfg, tok, per_process_batch=6, seed=0, process_index=0,
+                                     process_count=1))
+    cfg.fast_resize = False
+    slow = next(data.make_train_iter(cfg, tok, per_process_batch=6, seed=0, process_index=0,
+                                     process_count=1))
+    diff = np.abs(fast["image"].astype(int) - slow["image"].astype(int))
+    assert diff.mean() < 4 and not np.array_equal(fast["image"], slow["image"])
+
+
 def test_epochs_are_reshuffled(shards, tok):
     it = data.make_train_iter(_config(shards), tok, per_process_batch=NUM_RECORDS, seed=0,
                               process_index=0, process_count=1)
@@ -188,7 +229,7 @@ def test_augmented_boxes_stay_on_the_red_rectangle(shards, tok):
                               process_count=1)
     checked = flipped = 0
     for b in _take(it, 6):
-        pixels = (b["image"] + 1) * 127.5
+        pixels = b["image"].astype(np.float32)
         for row in range(10):
             mask = b["aref/loss_mask"][row] > 0
             if not mask.any():

@@ -150,3 +150,31 @@ def test_decode_resized_equals_decode_then_resize():
     fused = pp.decode_resized(buf.getvalue(), 64)
     two_ops = pp.Resize(64)({"image": pp.decode_image(buf.getvalue(), 64)})["image"]
     assert fused.shape == (64, 64, 3) and np.array_equal(fused, two_ops)
+
+
+@pytest.mark.parametrize("shape", [(256, 341), (300, 500), (480, 640), (100, 90)])
+def test_resize_fast_is_close_to_pillow_and_keeps_boxes(shape):
+    # Smooth content (a resize of noise is all aliasing) with two coloured boxes.
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.stack([128 + 60 * np.sin(yy / 9), 128 + 60 * np.cos(xx / 13),
+                      np.full((h, w), 90)], -1).astype(np.uint8)
+    image[h // 5 : h // 2, w // 10 : w // 3] = (255, 0, 0)
+    image[h // 2 : 4 * h // 5, 2 * w // 3 : 9 * w // 10] = (0, 0, 255)
+    boxes = np.asarray([[1 / 5, 1 / 10, 1 / 2, 1 / 3], [1 / 2, 2 / 3, 4 / 5, 9 / 10]], np.float32)
+    f = {"image": image, "boxes": boxes, "phrases": ("red box", "blue box"), "caption": ""}
+    fast, slow = pp.Resize(64, fast=True)(f), pp.Resize(64)(f)
+    assert fast["image"].shape == (64, 64, 3) and fast["image"].dtype == np.uint8
+    diff = np.abs(fast["image"].astype(int) - slow["image"].astype(int))
+    assert diff.mean() < 3, diff.mean()
+    _assert_colours(fast)
+    assert np.array_equal(fast["boxes"], boxes)
+
+
+def test_decode_resized_fast_equals_decode_then_fast_resize():
+    rng = np.random.default_rng(2)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (300, 500, 3), np.uint8)).save(buf, "JPEG")
+    fused = pp.decode_resized(buf.getvalue(), 64, fast=True)
+    two_ops = pp.Resize(64, fast=True)({"image": pp.decode_image(buf.getvalue(), 64)})["image"]
+    assert fused.shape == (64, 64, 3) and np.array_equal(fused, two_ops)

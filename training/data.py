@@ -10,7 +10,9 @@ mp_prefetch slices after batching, so the worker count does not change the batch
 Within one epoch, process i of n sees global positions i, i+n, ...: every record once across all
 processes (an epoch of N records gives processes N//n or N//n + 1 examples).
 
-Batches (numpy): "image" float32[B, S, S, 3] in config.value_range; "{task}/inputs",
+Batches (numpy): "image" uint8[B, S, S, 3] (config.image_dtype="uint8", the default: a quarter of
+the bytes through worker shared memory and to the device; training/model_fns.py maps it to [-1, 1]
+inside the jitted step) or float32[B, S, S, 3] in config.value_range ("float32"); "{task}/inputs",
 "{task}/targets" int32[B, L]; "{task}/loss_mask" float32[B, L] for every task in model.tasks.TASKS;
 "has_regions" bool[B]. S = config.image_size, L = config.text_len.
 
@@ -38,7 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.paths = ""  # glob (or list of globs) of ArrayRecord shards; local or gs://
     c.image_size = 224  # output side S; images are squashed to S x S
-    c.value_range = (-1.0, 1.0)  # pixel range of the output image
+    c.image_dtype = "uint8"  # "uint8": [0, 255], scaled on device; "float32": value_range on host
+    c.value_range = (-1.0, 1.0)  # float32 pixel range; uint8 images always map to [-1, 1]
+    c.fast_resize = True  # OpenCV bilinear (pp.resize_fast); False: Pillow antialiased (= eval)
     c.text_len = 64  # L: decoder length (tokens per task, BOS..EOS minus one)
     c.task_mix = "all"  # "all": every task every example (paper); "sample": one task per example
     c.task_weights = {"cap": 1.0, "aref": 1.0, "gcap": 1.0}  # for task_mix="sample"
@@ -103,11 +107,19 @@ class ExampleTransform(grain.transforms.RandomMap):
             min_side = math.ceil(size / math.sqrt(float(aug.crop_area[0])))
         # Without a crop the resize is fused into the decode (pp.decode_resized).
         self.fused_resize = size if not (train and aug.crop) else None
+        self.fast_resize = bool(config.fast_resize)
         if self.fused_resize is None:
-            ops.append(pp.Resize(size))
+            ops.append(pp.Resize(size, fast=self.fast_resize))
         if train and aug.flip:
             ops.append(pp.RandomFlip(float(aug.flip_prob), swap_words=True))
-        ops.append(pp.ValueRange(*map(float, config.value_range)))
+        dtype, value_range = str(config.image_dtype), tuple(map(float, config.value_range))
+        if dtype == "float32":
+            ops.append(pp.ValueRange(*value_range))
+        elif dtype != "uint8":
+            raise DataError(f"data.image_dtype must be 'uint8' or 'float32', got {dtype!r}")
+        elif value_range != (-1.0, 1.0):
+            raise DataError("data.value_range applies to float32 images only (uint8 ones are "
+                            "mapped to [-1, 1] in the train step); set data.image_dtype=float32")
         self.ops = tuple(ops)
         self.min_side = min_side
 
@@ -115,7 +127,7 @@ class ExampleTransform(grain.transforms.RandomMap):
         try:
             rec = record_lib.decode(element)
             if self.fused_resize is not None:
-                image = pp.decode_resized(rec.image, self.fused_resize)
+                image = pp.decode_resized(rec.image, self.fused_resize, self.fast_resize)
             else:
                 image = pp.decode_image(rec.image, self.min_side)
         except Exception as e:  # Name the record: a bare PIL error in a worker is hard to trace.

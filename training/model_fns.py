@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from model.tasks import TASKS, parallel_inputs
+from training.loc_targets import loc_soft_xent
 
 Batch = Mapping[str, jax.Array]
 
@@ -62,19 +63,35 @@ def stack_tasks(batch: Batch, tasks: Sequence[str], *, parallel: jax.Array | Non
     return interleave(ins), interleave(tgts), interleave(masks), interleave(pars)
 
 
+def model_images(images: jax.Array) -> jax.Array:
+    """Loader images -> the model's input float32[B, H, W, 3] in [-1, 1].
+
+    uint8[B, H, W, 3] in [0, 255] (training/data.py's default: the host ships a quarter of the
+    bytes and skips a float pass) is scaled here, inside the jitted step; float images are taken
+    as already in [-1, 1] (data.image_dtype="float32", or callers that build their own batches).
+    """
+    if images.dtype == jnp.uint8:
+        # The same two float32 ops as training/preprocess.to_value_range(image, -1, 1).
+        return images.astype(jnp.float32) * jnp.float32(2.0 / 255.0) + jnp.float32(-1.0)
+    return images
+
+
 def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
             task_weights: Mapping[str, float], label_smoothing: float = 0.0,
             parallel_prob: float = 0.0, mask_id: int = 0,
-            train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+            train: bool = True, loc_sigma: float = 0.0, loc_start: int = 0,
+            num_loc: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The LocCa training loss and its per-task parts.
 
-    batch: "image" float[B, H, W, 3] and "{task}/inputs|targets|loss_mask" [B, L] per task.
+    batch: "image" uint8 or float[B, H, W, 3] (see model_images) and "{task}/inputs|targets|loss_mask"
+    [B, L] per task.
     Loss = sum_t w_t * (sum of task t's masked token losses / its masked token count over the
-    global batch). Returns (loss, aux) with aux "{task}/loss", "{task}/accuracy", "{task}/tokens".
+    global batch). loc_sigma > 0 scores location targets (ids [loc_start, loc_start + num_loc))
+    against a Gaussian over neighbouring bins (training/loc_targets.py). Returns (loss, aux) with aux "{task}/loss", "{task}/accuracy", "{task}/tokens".
     """
     tasks = active_tasks(task_weights)
     rng_par, rng_drop = jax.random.split(rng)
-    images = batch["image"]
+    images = model_images(batch["image"])
     b = images.shape[0]
     parallel = None
     if parallel_prob > 0.0 and "cap" in tasks:
@@ -87,7 +104,11 @@ def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
     logits = model.apply({"params": params}, encoded, inputs,
                          parallel=par if parallel is not None else None, train=train,
                          rngs=rngs, method="decode")
-    xent = token_xent(logits, targets, label_smoothing)
+    if loc_sigma > 0.0:
+        xent = loc_soft_xent(logits, targets, loc_start=loc_start, num_loc=num_loc,
+                             sigma=loc_sigma, label_smoothing=label_smoothing)
+    else:
+        xent = token_xent(logits, targets, label_smoothing)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     t = len(tasks)
     xent, correct, mask = (a.reshape(b, t, -1) for a in (xent, correct, mask))
@@ -106,13 +127,13 @@ def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
 
 
 def encode(params: Any, model: Any, images: jax.Array) -> jax.Array:
-    """images float[B, H, W, 3] in [-1, 1] -> encoder tokens float[B, N, D] (inference mode)."""
-    return model.apply({"params": params}, images, method="encode")
+    """images [B, H, W, 3] (see model_images) -> encoder tokens float[B, N, D] (inference mode)."""
+    return model.apply({"params": params}, model_images(images), method="encode")
 
 
 def predict_logits(params: Any, model: Any, images: jax.Array, inputs: jax.Array) -> jax.Array:
     """Teacher-forced logits float32[B, L, V] for inputs int[B, L] (autoregressive attention)."""
-    return model.apply({"params": params}, images, inputs)
+    return model.apply({"params": params}, model_images(images), inputs)
 
 
 def make_decode_fn(params: Any, model: Any):

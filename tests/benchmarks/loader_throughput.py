@@ -5,9 +5,13 @@
 Builds ArrayRecord shards from the coco-mini photos (real captions and boxes) three times: stored
 squashed to 224x224 (the pipeline's resize is then a no-op), resized to a 256 px shorter side, and
 at full size (~640x480). For each, measures
-  raw:      PIL decode of the stored JPEGs, one process per worker (no resize, no Grain)
-  pipeline: make_train_iter at 224 px, text_len 64, all three tasks, batch 32, N workers
-and prints pipeline / raw. The goal is >= 0.7 at 256 px storage.
+  raw:      PIL decode of the stored JPEGs, one process per worker, no Grain; for full size the
+            decode is followed by PIL's bilinear resize to 224x224 (no draft), since any loader
+            must bring a full photo down to 224
+  pipeline: make_train_iter at 224 px, text_len 64, all three tasks, batch 32, N workers, with
+            the default data config (uint8 images, OpenCV resize) and with the previous one
+            (image_dtype=float32, fast_resize=False: host float conversion, Pillow resize)
+and prints pipeline / raw. The goal is >= 0.7.
 """
 
 from __future__ import annotations
@@ -76,36 +80,50 @@ def _records(short_side: int | None, square: bool = False) -> list[bytes]:
 
 
 def _decode_jpegs(args) -> int:
-    blobs, rounds = args
+    blobs, rounds, resize = args
     for _ in range(rounds):
         for b in blobs:
-            np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+            img = Image.open(io.BytesIO(b)).convert("RGB")
+            if resize:
+                img = img.resize((224, 224), Image.Resampling.BILINEAR)
+            np.asarray(img)
     return rounds * len(blobs)
 
 
-def raw_decode_rate(records: list[bytes], workers: int, seconds: float = 3.0) -> float:
-    """JPEG decodes/s of the stored images, spread over `workers` processes."""
+def raw_decode_rate(records: list[bytes], workers: int, resize: bool,
+                    seconds: float = 3.0) -> float:
+    """JPEG decodes/s of the stored images (+ resize to 224), spread over `workers` processes."""
     blobs = [record_lib.decode(r).image for r in records]
     t = time.perf_counter()
-    _decode_jpegs((blobs, 1))
+    _decode_jpegs((blobs, 1, resize))
     rounds = max(1, round(seconds / (time.perf_counter() - t) / max(workers, 1)))
     with mp.get_context("spawn").Pool(max(workers, 1)) as pool:
-        pool.map(_decode_jpegs, [(blobs[:2], 1)] * max(workers, 1))  # start-up not timed
+        pool.map(_decode_jpegs, [(blobs[:2], 1, resize)] * max(workers, 1))  # start-up not timed
         t = time.perf_counter()
-        n = sum(pool.map(_decode_jpegs, [(blobs, rounds)] * max(workers, 1)))
+        n = sum(pool.map(_decode_jpegs, [(blobs, rounds, resize)] * max(workers, 1)))
         return n / (time.perf_counter() - t)
 
 
-def cpu_ms_per_example(records: list[bytes], tok) -> tuple[float, float]:
-    """Single-process CPU ms (process_time, robust to other load) of raw decode vs our transform."""
+def _config(**overrides):
     cfg = data.default_config()
     cfg.image_size, cfg.text_len = 224, 64
-    transform = data.ExampleTransform(cfg, tok)
+    cfg.update(overrides)
+    return cfg
+
+
+# Data-config overrides compared: the defaults, and the pre-optimisation loader.
+SETTINGS = {"default": {}, "previous": {"image_dtype": "float32", "fast_resize": False}}
+
+
+def cpu_ms_per_example(records: list[bytes], tok, resize: bool,
+                       overrides: dict) -> tuple[float, float]:
+    """Single-process CPU ms (process_time, robust to other load) of raw decode vs our transform."""
+    transform = data.ExampleTransform(_config(**overrides), tok)
     blobs = [record_lib.decode(r).image for r in records]
     rng = np.random.default_rng(0)
     t = time.process_time()
     for _ in range(3):
-        _decode_jpegs((blobs, 1))
+        _decode_jpegs((blobs, 1, resize))
     raw = (time.process_time() - t) / (3 * len(blobs))
     t = time.process_time()
     for _ in range(3):
@@ -115,9 +133,9 @@ def cpu_ms_per_example(records: list[bytes], tok) -> tuple[float, float]:
     return raw * 1e3, ours * 1e3
 
 
-def pipeline_rate(paths: str, tok, workers: int, batches: int, batch: int = 32) -> float:
-    cfg = data.default_config()
-    cfg.paths, cfg.image_size, cfg.text_len = paths, 224, 64
+def pipeline_rate(paths: str, tok, workers: int, batches: int, overrides: dict,
+                  batch: int = 32) -> float:
+    cfg = _config(paths=paths, **overrides)
     it = data.make_train_iter(cfg, tok, per_process_batch=batch, seed=0, process_index=0,
                               process_count=1, num_workers=workers)
     try:
@@ -156,13 +174,15 @@ def main() -> None:
             if tok is None:
                 texts = [record_lib.decode(r).caption for r in records] + ["cap aref gcap :"] * 9
                 tok = tokenizer_lib.Tokenizer(tokenizer_lib.train_model(texts, 1600))
-            raw_ms, ours_ms = cpu_ms_per_example(records, tok)
-            print(f"{name:6s} stored: CPU ms/example, 1 process: raw decode {raw_ms:.2f}, "
-                  f"transform {ours_ms:.2f}, ratio {raw_ms / ours_ms:.2f}", flush=True)
-            raw = raw_decode_rate(records, args.workers)
-            pipe = pipeline_rate(str(path), tok, args.workers, args.batches)
-            print(f"{name:6s} stored: raw decode {raw:7.0f}/s  pipeline {pipe:7.0f}/s  "
-                  f"ratio {pipe / raw:.2f}  ({args.workers} workers)", flush=True)
+            resize = side is None  # full-size photos: the raw reference resizes to 224 too
+            raw = raw_decode_rate(records, args.workers, resize)
+            for setting, overrides in SETTINGS.items():
+                raw_ms, ours_ms = cpu_ms_per_example(records, tok, resize, overrides)
+                pipe = pipeline_rate(str(path), tok, args.workers, args.batches, overrides)
+                print(f"{name:5s} {setting:8s} CPU ms/example (1 process): raw {raw_ms:.2f}, "
+                      f"transform {ours_ms:.2f}, ratio {raw_ms / ours_ms:.2f} | raw "
+                      f"{raw:5.0f}/s, pipeline {pipe:5.0f}/s, ratio {pipe / raw:.2f} "
+                      f"({args.workers} workers)", flush=True)
 
 
 if __name__ == "__main__":
