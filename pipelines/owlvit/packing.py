@@ -58,6 +58,9 @@ def pack(seqs: Sequence[Sequence[int]], row_len: int, eos_slots: int) -> PackedR
         common = 0
         while common < min(len(s), len(stack)) and stack[common][0] == s[common]:
             common += 1
+        if common == len(s) == len(stack):  # a duplicate (sorted: right after its twin)
+            out_row[n], out_slot[n] = len(rows), len(eos) - 1
+            continue
         if len(ids) + len(s) - common > row_len or len(eos) >= eos_slots:
             rows.append((ids, parents, eos))
             ids, parents, eos, stack, common = [], [], [], [], 0

@@ -3,13 +3,16 @@
 Workload: COCO captions from ../shared/data/coco-mini as alt-texts, turned into n-gram queries by
 the recipe (`pipelines.queries.queries_from_alt_text`, up to 10-word n-grams, cap 300), OWL-ViT
 B/32 at 768 px with random weights (transformers' real B/32 config). Both sides get the same
-images and the same query strings (templates: plain by default, so both do the same work).
-Reference: transformers processor + OwlViTForObjectDetection per batch with all the image's queries.
+images, the same queries and the recipe's 7 CLIP prompt templates (`--templates plain`: one "{}").
+Reference: transformers processor + OwlViTForObjectDetection per batch with every template x query
+of each image, as a user would write it. Ours deduplicates queries, caches their embeddings across
+batches and packs the text tower as a prefix trie (see pipelines/owlvit/packing.py).
 Also prints achieved FLOP/s of ours against a float32 matmul peak measured in the same run.
 
 Reproduce:
-  .venv/bin/python tests/benchmarks/annotate_throughput.py --images 16 --batch 4
-  (--alt-text joined: an image's 5 captions as one alt-text, i.e. ~300 queries per image)
+  .venv/bin/python tests/benchmarks/annotate_throughput.py --images 16 --batch 4 --alt-text single
+  .venv/bin/python tests/benchmarks/annotate_throughput.py --images 16 --batch 4 --alt-text joined
+  (single: each image's first COCO caption; joined: its 5 captions as one alt-text, ~300 queries)
 """
 
 from __future__ import annotations
@@ -45,6 +48,16 @@ def image_flops(cfg) -> float:
 def text_flops(cfg, sequences: int, length: int) -> float:
     t = cfg.text
     return sequences * t.num_layers * _layer_flops(length, t.hidden_size, t.intermediate_size)
+
+
+def packed_text_flops(cfg, rows: int, row_len: int, eos_slots: int) -> float:
+    """FLOPs of our packed text calls: all layers on row_len tokens but the last, which projects
+    K/V for every token and runs Q, attention, out-proj and MLP only at eos_slots tokens."""
+    t = cfg.text
+    d, mlp = t.hidden_size, t.intermediate_size
+    last = 2 * row_len * 2 * d * d + 2 * eos_slots * (2 * d * d + 2 * d * mlp) \
+        + 4 * eos_slots * row_len * d
+    return rows * ((t.num_layers - 1) * _layer_flops(row_len, d, mlp) + last)
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
@@ -110,10 +123,13 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--alt-text", choices=["single", "joined"], default="single")
-    ap.add_argument("--templates", choices=["plain", "clip7"], default="plain")
+    ap.add_argument("--templates", choices=["plain", "clip7"], default="clip7")
     ap.add_argument("--max-ngram", type=int, default=10)
     ap.add_argument("--max-queries", type=int, default=300)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--hf-images", type=int, default=None,
+                    help="time transformers on only the first N images (its cost per image does "
+                         "not depend on other batches); default: all")
     args = ap.parse_args(argv)
 
     import torch
@@ -144,25 +160,35 @@ def main(argv=None) -> None:
         labeler.stats.clear()
         # Batches alternate between the two so load from other jobs hits both alike.
         t_ours, t_hf = np.zeros(2), np.zeros(2)
+        n_hf = len(items) if args.hf_images is None else min(args.hf_images, len(items))
         for s in range(0, len(items), args.batch):
             t_ours += run_ours(labeler, items[s:s + args.batch])
-            if not args.skip_hf:
-                t_hf += run_hf(model, processor, items[s:s + args.batch], templates)
+            if not args.skip_hf and s < n_hf:
+                t_hf += run_hf(model, processor, items[s:min(s + args.batch, n_hf)], templates)
         st = labeler.stats
-        mean_len = st["text_tokens_run"] / max(1, st["text_rows_run"])
-        flops = image_flops(labeler.config) * len(items) + text_flops(
-            labeler.config, st["text_rows_run"], int(round(mean_len)))
+        cfg = labeler.config
+        text_f = packed_text_flops(cfg, st["text_rows_run"], labeler.row_len, labeler.eos_slots)
+        flops = image_flops(cfg) * len(items) + text_f
+        hf_seqs = len(templates) * sum(max(1, q) for q in nq)
+        hf_text_f = text_flops(cfg, hf_seqs, cfg.max_text_len)
         n = len(items)
         print(f"ours: {n / t_ours[0]:.3f} images/s ({t_ours[0]:.1f} s wall, {t_ours[1]:.1f} s CPU), "
               f"{flops / t_ours[0] / 1e9:.0f} GFLOP/s = {flops / t_ours[0] / peak:.0%} of peak; "
-              f"text sequences run {st['text_sequences']} for {st['queries']} queries "
-              f"(embedded {st['queries_embedded']} unique-uncached) in {st['text_rows_run']} rows "
-              f"of mean {mean_len:.1f} tokens; compiled programs {labeler.num_compiled_programs}")
+              f"{st['queries']} queries -> {st['queries_embedded']} unique-uncached -> "
+              f"{st['text_sequences']} template sequences ({st['text_tokens_unpacked']} tokens "
+              f"unpadded) packed into {st['text_tokens_used']} trie tokens in "
+              f"{st['text_rows_run']} rows x {labeler.row_len}; "
+              f"compiled programs {labeler.num_compiled_programs} (incl. warm-up)")
+        print(f"work per image, GFLOP: image tower {image_flops(cfg) / 1e9:.0f}; text ours "
+              f"{text_f / n / 1e9:.0f}, transformers {hf_text_f / n / 1e9:.0f} "
+              f"({hf_seqs} sequences x {cfg.max_text_len} tokens)")
         if args.skip_hf:
             return
-        print(f"transformers: {n / t_hf[0]:.3f} images/s ({t_hf[0]:.1f} s wall, {t_hf[1]:.1f} s CPU)")
-        print(f"speedup (ours / transformers): {t_hf[0] / t_ours[0]:.2f}x wall, "
-              f"{t_hf[1] / t_ours[1]:.2f}x CPU time")
+        print(f"transformers: {n_hf / t_hf[0]:.3f} images/s on {n_hf} images "
+              f"({t_hf[0]:.1f} s wall, {t_hf[1]:.1f} s CPU)")
+        # Per-image rates, so a --hf-images subset compares fairly.
+        print(f"speedup (ours / transformers): {(n / t_ours[0]) / (n_hf / t_hf[0]):.2f}x wall, "
+              f"{(n / t_ours[1]) / (n_hf / t_hf[1]):.2f}x CPU time")
 
 
 if __name__ == "__main__":
