@@ -18,6 +18,11 @@ a `"tiny,image_size=128,dec_depth=3"` string. Fields:
   parallel_prob   fraction of Cap examples the TRAINER turns into CapPa parallel prediction
                   (tasks.parallel_inputs + parallel=True); 0 = plain autoregressive captioner.
                   CapPa used 0.75; the LocCa paper trains autoregressively, so the default is 0.
+  loc_start, num_loc  the location tokens' ids [loc_start, loc_start + num_loc) (the trainer sets
+                  them from the tokenizer; 0 = unknown)
+  loc_embed_init  "normal" (as every other token) | "sincos": the location tokens' input
+                  embeddings start as sin/cos features of the bin value, so neighbouring bins start
+                  close (needs loc_start/num_loc)
 
 Shipped variants (SHIPPED): `tiny` runs on a 2-core CPU (ViT 192 wide, 4 deep, patch 16 at
 112 px = 49 tokens; decoder 2 deep; L=32); `S/16`, `B/16`, `L/14` are the paper-scale ones at 224 px
@@ -77,7 +82,7 @@ def get_config(arg: str = "tiny", **overrides: Any) -> ml_collections.ConfigDict
         num_heads=base["num_heads"], posemb="learn", pool_type="none", enc_dropout=0.0,
         dec_width=0, dec_depth=0, dec_num_heads=0, dec_mlp_dim=0, dec_dropout=0.0,
         vocab_size=base["vocab_size"], max_len=base["max_len"], pad_id=0, dtype="float32",
-        parallel_prob=0.0,
+        parallel_prob=0.0, loc_start=0, num_loc=0, loc_embed_init="normal",
     )
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from model.vit import MlpBlock
@@ -36,6 +37,36 @@ def attention_mask(inputs: jnp.ndarray, parallel: jnp.ndarray | None, pad_id: in
         causal = causal | jnp.asarray(parallel, bool)[:, None, None]
     keys_ok = (inputs != pad_id)[:, None, :]  # [B, 1, L]
     return (causal & keys_ok)[:, None]
+
+
+def sincos_loc_embedding(num_loc: int, width: int, min_wavelength: float = 16.0) -> jnp.ndarray:
+    """float32[num_loc, width] sin/cos features of the bin value, unit variance per entry.
+
+    Wavelengths run geometrically from 4 * num_loc down to `min_wavelength` bins, so the low
+    frequencies make neighbouring bins nearly identical and the high ones still tell them apart.
+    """
+    half = width // 2
+    wavelengths = (4.0 * num_loc) * (min_wavelength / (4.0 * num_loc)) ** (
+        jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+    angles = jnp.arange(num_loc, dtype=jnp.float32)[:, None] * (2 * jnp.pi / wavelengths)[None]
+    emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1) * jnp.sqrt(2.0)
+    return jnp.pad(emb, ((0, 0), (0, width - 2 * half)))
+
+
+def embedding_init(loc_start: int, num_loc: int, kind: str):
+    """The token-embedding initializer: N(0, 1) rows, location rows sincos when kind == "sincos"."""
+    normal = nn.initializers.normal(stddev=1.0)
+    if kind == "normal" or num_loc <= 0:
+        return normal
+    if kind != "sincos":
+        raise ValueError(f"loc_embed_init must be 'normal' or 'sincos', got {kind!r}")
+
+    def init(key, shape, dtype=jnp.float32):
+        table = normal(key, shape, dtype)
+        loc = sincos_loc_embedding(num_loc, shape[1]).astype(dtype)
+        return jax.lax.dynamic_update_slice(table, loc, (loc_start, 0))
+
+    return init
 
 
 class DecoderBlock(nn.Module):
@@ -84,6 +115,11 @@ class Decoder(nn.Module):
     dropout: float = 0.0
     pad_id: int = 0
     dtype: Any = jnp.float32
+    # Location tokens [loc_start, loc_start + num_loc) and how their embeddings start
+    # ("normal" like every token, or "sincos": see embedding_init). Init only: params decide after.
+    loc_start: int = 0
+    num_loc: int = 0
+    loc_embed_init: str = "normal"
 
     @nn.compact
     def __call__(self, encoded, inputs, parallel=None, *, train: bool = False):
@@ -91,7 +127,8 @@ class Decoder(nn.Module):
         if length > self.max_len:
             raise ValueError(f"decoder inputs have length {length} > max_len {self.max_len}")
         embed = nn.Embed(self.vocab_size, self.width, name="EmbedTargets",
-                         embedding_init=nn.initializers.normal(stddev=1.0))
+                         embedding_init=embedding_init(self.loc_start, self.num_loc,
+                                                       self.loc_embed_init))
         x = embed(inputs.astype(jnp.int32)).astype(self.dtype)
         pe = self.param("pos_embedding", nn.initializers.normal(stddev=1 / self.width**0.5),
                         (1, self.max_len, self.width), jnp.float32)

@@ -47,7 +47,9 @@ class LocCa(nn.Module):
         self.txt = Decoder(vocab_size=c.vocab_size, width=c.dec_width, depth=c.dec_depth,
                            num_heads=c.dec_num_heads, mlp_dim=c.dec_mlp_dim,
                            max_len=c.max_len, dropout=c.dec_dropout, pad_id=c.pad_id,
-                           dtype=dtype)
+                           dtype=dtype, loc_start=c.get("loc_start", 0),
+                           num_loc=c.get("num_loc", 0),
+                           loc_embed_init=c.get("loc_embed_init", "normal"))
 
     def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """images float[B, H, W, 3] in [-1, 1] -> encoder tokens float[B, N, D] (after the final LN)."""

@@ -98,6 +98,9 @@ def make_train_step(model: LocCa, tx: optax.GradientTransformation,
         task_weights=dict(config.loss.task_weights),
         label_smoothing=float(config.loss.label_smoothing),
         parallel_prob=float(config.parallel_prob), mask_id=mask_id, train=True,
+        loc_sigma=float(config.loss.get("loc_sigma", 0.0)),
+        loc_start=int(config.model.get("loc_start", 0)),
+        num_loc=int(config.model.get("num_loc", 0)),
     )
 
     def train_step(state: State, batch: dict) -> tuple[State, dict]:

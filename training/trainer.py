@@ -61,6 +61,8 @@ def resolve_config(config: ml_collections.ConfigDict, tok: Tokenizer) -> ml_coll
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.vocab_size = tok.vocab_size
     config.model.pad_id = tok.pad_id
+    config.model.loc_start = tok.loc_start  # soft location targets / location-embedding init
+    config.model.num_loc = tok.num_loc
     config.model.parallel_prob = float(config.parallel_prob)
     return config
 
