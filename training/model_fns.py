@@ -71,8 +71,10 @@ def model_images(images: jax.Array) -> jax.Array:
     as already in [-1, 1] (data.image_dtype="float32", or callers that build their own batches).
     """
     if images.dtype == jnp.uint8:
-        # The same two float32 ops as training/preprocess.to_value_range(image, -1, 1).
-        return images.astype(jnp.float32) * jnp.float32(2.0 / 255.0) + jnp.float32(-1.0)
+        # x - 127.5 is exact, so one rounding (the division) remains: no mul+add that XLA may or
+        # may not fuse into an FMA depending on the sharding, which would make a 1-device and
+        # an 8-device run differ. Within 1 ulp of preprocess.to_value_range(image, -1, 1).
+        return (images.astype(jnp.float32) - jnp.float32(127.5)) / jnp.float32(127.5)
     return images
 
 
