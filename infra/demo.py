@@ -157,7 +157,7 @@ def stages() -> list[Stage]:
         Stage(
             "report",
             [PY, "infra/demo_report.py", "--run_dir", _rel(RUN_DIR)],
-            "write runs/demo/report.html and report.json",
+            f"write {_rel(RUN_DIR)}/report.html and report.json",
             deps=("eval_locca", "eval_cap"),
         )
     )

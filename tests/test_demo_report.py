@@ -115,3 +115,10 @@ def test_stage_reuse_follows_dependencies(tmp_path: Path, monkeypatch):
     assert corpus.is_done()
     corpus.marker.write_text(json.dumps({"command": corpus.shell() + " --changed"}))
     assert not corpus.is_done()  # a changed command is redone
+
+
+def test_cider_target_needs_a_captioner_that_learned(tmp_path: Path):
+    for name in ("locca", "cap"):
+        _results(tmp_path / name / "eval", [(10, "captioning", "val", "cider", 0.0)])
+    target = demo_report.build(tmp_path)["targets"]["cider_kept"]
+    assert target["value"] == 0.0 and not target["passed"]
