@@ -1,6 +1,8 @@
 """Eval-time image preprocessing, the same math as the trainer's loader without augmentation:
-decode -> RGB -> squash-resize to size x size (PIL bilinear; normalized boxes are unchanged by it)
--> float32 in [-1, 1]. Kept here (not imported from training/) so the eval image does not depend on
+decode -> RGB -> squash-resize to size x size (normalized boxes are unchanged by it) -> float32 in
+[-1, 1]. The resize follows the loader's default (`data.fast_resize`): OpenCV bilinear down to a
+2x shrink, area-averaging beyond; `fast=False` is Pillow's antialiased bilinear (the loader's
+`fast_resize=False`). Kept here (not imported from training/) so the eval image does not depend on
 the training stage's code; tests/test_eval_data.py checks the two agree.
 """
 
@@ -13,13 +15,20 @@ from etils import epath
 from PIL import Image
 
 
-def load_image(path: str, size: int) -> np.ndarray:
+def load_image(path: str, size: int, fast: bool = True) -> np.ndarray:
     """File (local or cloud) -> uint8[size, size, 3]."""
     img = Image.open(io.BytesIO(epath.Path(path).read_bytes()))
     img = img.convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img)
+    if img.size == (size, size):
+        return np.asarray(img)
+    if not fast:
+        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+    import cv2
+
+    pixels = np.ascontiguousarray(np.asarray(img))
+    h, w = pixels.shape[:2]
+    interp = cv2.INTER_AREA if h > 2 * size or w > 2 * size else cv2.INTER_LINEAR
+    return cv2.resize(pixels, (size, size), interpolation=interp)
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:

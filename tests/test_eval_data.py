@@ -104,12 +104,16 @@ def test_sample_corpus_layout(tmp_path):
         assert 0 <= e.box[0] < e.box[2] <= 1 and 0 <= e.box[1] < e.box[3] <= 1
 
 
-def test_eval_preprocessing_matches_trainer(tmp_path):
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("shape", [(90, 140), (300, 200)])  # bilinear and area-averaging regimes
+def test_eval_preprocessing_matches_trainer(tmp_path, fast, shape):
     preprocess = pytest.importorskip("training.preprocess")
+    data = pytest.importorskip("training.data")
+    assert data.default_config().fast_resize  # the loader's default, which eval follows
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (90, 140, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    ours = to_model_range(load_image(str(tmp_path / "a.png"), 48))
+    Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    ours = to_model_range(load_image(str(tmp_path / "a.png"), 48, fast=fast))
     feats = {"image": preprocess.decode_image((tmp_path / "a.png").read_bytes()),
              "boxes": np.zeros((0, 4), np.float32), "phrases": (), "caption": ""}
-    theirs = preprocess.ValueRange()(preprocess.Resize(48)(feats))["image"]
+    theirs = preprocess.ValueRange()(preprocess.Resize(48, fast=fast)(feats))["image"]
     np.testing.assert_allclose(ours, theirs, atol=1e-6)

@@ -87,7 +87,7 @@ def _cv2():
 class Resize:
     """Squashes the image to size x size (aspect not kept, boxes unchanged since normalized).
 
-    fast=False: Pillow antialiased bilinear (what evaluation/images.py does); True: resize_fast.
+    fast=False: Pillow antialiased bilinear; True: resize_fast (evaluation/images.py follows both).
     """
 
     size: int
