@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 # Reinstalls when pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# A venv left half-made (no working pip) by an interrupted run is rebuilt from scratch.
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
