@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipelines import annotate
+from pipelines import record as record_lib
 from pipelines.labelers.reference import normalize
 from pipelines.postprocess import iou_matrix
 
@@ -87,9 +88,8 @@ def test_coco_photos_as_webdataset(coco_mini, tmp_path):
     for img in sorted(instances["images"], key=lambda x: x["id"])[:40]:
         h, w = img["height"], img["width"]
         regions = [
-            {"bbox": [a["bbox"][1] / h, a["bbox"][0] / w, (a["bbox"][1] + a["bbox"][3]) / h,
-                      (a["bbox"][0] + a["bbox"][2]) / w], "phrase": cats[a["category_id"]],
-                      "names": [cats[a["category_id"]]]}
+            {"bbox": record_lib.boxes_from_xywh(a["bbox"], h, w)[0].tolist(),
+             "phrase": cats[a["category_id"]], "names": [cats[a["category_id"]]]}
             for a in instances["annotations"] if a["image_id"] == img["id"]
         ]
         key = f"{img['id']:012d}"

@@ -67,9 +67,11 @@ class Evaluator:
     ) -> None:
         out_dir = epath.Path(self.run_.workdir) / "eval" / "predictions"
         out_dir.mkdir(parents=True, exist_ok=True)
+        # One vectorized IoU for the split; malformed predictions (None) get no IoU.
+        stacked = np.array([[0.0] * 4 if p is None else list(p) for p in preds]).reshape(-1, 4)
+        ious = box_iou(stacked, np.array([ex.box for ex in examples]).reshape(-1, 4))
         lines = []
-        for ex, pred in zip(examples, preds, strict=True):
-            iou = None if pred is None else float(box_iou(np.asarray(pred), np.asarray(ex.box))[0])
+        for ex, pred, iou in zip(examples, preds, ious, strict=True):
             lines.append(
                 json.dumps(
                     {
@@ -79,7 +81,7 @@ class Evaluator:
                         "sentence": ex.sentence,
                         "pred_box": None if pred is None else [float(v) for v in pred],
                         "gt_box": [float(v) for v in ex.box],
-                        "iou": iou,
+                        "iou": None if pred is None else float(iou),
                     }
                 )
             )
