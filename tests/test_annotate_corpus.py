@@ -76,6 +76,36 @@ def test_sample_corpus_boxes_match_ground_truth(corpus_run):
     assert recall >= 0.95 and precision >= 0.95
 
 
+def test_sample_corpus_referring_expressions_label_their_box(corpus_run):
+    """Alt-texts that say "the red star on the left" give that phrase to that object's box: the
+    whole expression is an exact name of the region and outscores the "red star" inside it."""
+    info, out, _ = corpus_run
+    truth = _tar_metadata(info["shards"])
+    recs = {rec.key: rec for rec in af.load_shards(out)}
+    used = labelled = 0
+    positional = []
+    for key, (_, meta) in truth.items():
+        rec = recs[key]
+        for r in meta["regions"]:
+            for e in r["expressions"]:
+                used += 1
+                hits = [
+                    p
+                    for p, b in zip(rec.phrases, rec.boxes, strict=True)
+                    if np.abs(b - np.asarray(r["bbox"], np.float32)).max() < 1e-5
+                ]
+                labelled += hits == [e]
+                positional += [e] if hits == [e] and len(e.split()) > 3 else []
+        # a phrase that is some region's expression is never given to another region's box
+        for p, b in zip(rec.phrases, rec.boxes, strict=True):
+            owners = [r for r in meta["regions"] if p in r["expressions"]]
+            if owners:
+                assert np.abs(b - np.asarray(owners[0]["bbox"], np.float32)).max() < 1e-5
+    print(f"referring expressions labelled on their box: {labelled}/{used}; e.g. {positional[:5]}")
+    assert used >= 15 and labelled >= 0.9 * used  # the few misses: NMS between overlapping twins
+    assert len(positional) >= 3  # "the red star on the left", "the circle above the green heart"
+
+
 # ---------------------------------------------------------------------------------- real photos
 def test_coco_photos_as_webdataset(coco_mini, tmp_path):
     instances = json.loads((coco_mini / "annotations" / "instances_train2017.json").read_text())

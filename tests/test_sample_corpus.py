@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipelines import sample_corpus
-from pipelines.corpus import web
+from pipelines.corpus import alt_text, vocab, web
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_EVAL, SEED, SHARD = 40, 30, 0, 16
@@ -75,6 +75,8 @@ def test_webdataset_reads_every_sample(corpus):
             assert r["phrase"] == f"{r['color']} {r['shape']}"
             assert r["names"][0] == r["phrase"] and r["shape"] in r["names"]
             assert f"{r['size']} {r['phrase']}" in r["names"]
+            plain = vocab.names_for(r["color"], r["shape"], r["size"])
+            assert r["names"] == plain + [e for e in r["expressions"] if e not in plain]
             assert r["size"] in ("small", "medium", "large")
             assert 0 <= r["occluded_fraction"] <= 0.6
         assert meta["scene"]["dominant_shape"] in {r["shape"] for r in regions}
@@ -129,6 +131,63 @@ def test_alt_texts_name_the_objects():
     assert {"crimson", "scarlet", "azure", "emerald", "violet", "box", "disk"} & vocabulary
     assert any(re.search(r"img_\d+", m["caption"].lower()) for m in metas)
     assert len({m["caption"] for m in metas}) > 185
+
+
+_POSITION_WORDS = set("left right top bottom leftmost rightmost upper lower above below".split())
+
+
+def test_some_alt_texts_use_referring_expressions_from_region_names():
+    """~37% of alt-texts describe objects as refexp.py does; each expression is one of the
+    region's names, appears whole in the alt-text's queries and is the longest of that region's
+    names there (so the reference labeller gives the box that expression)."""
+    from pipelines.queries import queries_from_alt_text
+
+    metas = [json.loads(web.make_sample(SEED, i)[3]) for i in range(300)]
+    referring, expressions = 0, []
+    for meta in metas:
+        used = [(r, e) for r in meta["regions"] for e in r["expressions"]]
+        referring += bool(used)
+        queries = queries_from_alt_text(meta["caption"])
+        for r, e in used:
+            assert e == e.lower() and e in r["names"], (e, r)
+            assert e in queries, (e, meta["caption"])
+            longest_other = max(
+                (len(q.split()) for q in queries if q in r["names"] and q != e), default=0
+            )
+            assert len(e.split()) > longest_other, (e, meta["caption"])
+            expressions.append(e)
+    assert 0.28 < referring / len(metas) < 0.46, referring
+    assert all(len(r["expressions"]) <= 1 for m in metas for r in m["regions"])
+    # the eval expression kinds all occur: plain "the ...", positions, relations
+    assert any(e.split()[0] == "the" and not set(e.split()) & _POSITION_WORDS for e in expressions)
+    assert sum(bool(set(e.split()) & _POSITION_WORDS) for e in expressions) > 20
+    assert any(set(e.split()) & {"above", "below", "of"} for e in expressions)
+
+
+def test_plain_alt_texts_are_unchanged_by_the_referring_form():
+    """The form is drawn from its own REFEXP stream: a plain alt-text is exactly what the TEXT
+    stream alone gives (the texts of the corpus before the referring form existed)."""
+    from pipelines.corpus.render import render_sample
+    from pipelines.corpus.scene import TEXT, sample_rng
+
+    plain = 0
+    for i in range(60):
+        meta = json.loads(web.make_sample(SEED, i)[3])
+        if any(r["expressions"] for r in meta["regions"]):
+            continue
+        scene = render_sample(SEED, "web", i)
+        assert meta["caption"] == alt_text.plain_alt_text(scene, sample_rng(SEED, "web", i, TEXT))
+        plain += 1
+    assert plain > 25
+
+
+def test_eval_stream_does_not_depend_on_the_alt_text_forms(tmp_path, monkeypatch):
+    monkeypatch.setattr(alt_text, "REFEXP_RATE", 0.0)
+    never = sample_corpus.generate(tmp_path / "never", 4, 12, SEED, shard_size=SHARD)
+    monkeypatch.setattr(alt_text, "REFEXP_RATE", 1.0)
+    always = sample_corpus.generate(tmp_path / "always", 4, 12, SEED, shard_size=SHARD)
+    assert _hashes(never["eval_dir"]) == _hashes(always["eval_dir"])
+    assert _hashes(never["web_dir"]) != _hashes(always["web_dir"])
 
 
 def test_annotate_queries_match_region_names(corpus):

@@ -2,12 +2,17 @@
 
 The region dict is the contract with the `reference` labeller and the tests:
   {"bbox": [ymin, xmin, ymax, xmax] normalized visible extent, "phrase": "red star",
-   "names": every phrase naming the object, "shape", "color", "size", "occluded_fraction"}.
+   "names": every phrase naming the object (`vocab.names_for`, then the referring expressions),
+   "expressions": the referring expressions the image's alt-text uses for it, lowercase (mostly []),
+   "shape", "color", "size", "occluded_fraction"}.
+Listing the expressions in `names` lets the labeller match "the red star on the left" as a whole:
+an exact match scores by its word count, so it wins over the "red star" inside it.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from typing import Any
 
 from pipelines.corpus import vocab
@@ -25,12 +30,18 @@ def normalized_box(obj: VisibleObject, width: int, height: int) -> list[float]:
     ]
 
 
-def region(obj: VisibleObject, width: int, height: int) -> dict[str, Any]:
+def region(
+    obj: VisibleObject, width: int, height: int, expressions: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The region dict of `obj`; `expressions`: what the alt-text calls it beyond its plain names."""
     o = obj.spec
+    names = vocab.names_for(o.color, o.shape, o.size)
+    expressions = [e.lower() for e in expressions]
     return {
         "bbox": normalized_box(obj, width, height),
         "phrase": f"{o.color} {o.shape}",
-        "names": vocab.names_for(o.color, o.shape, o.size),
+        "names": names + [e for e in expressions if e not in names],
+        "expressions": expressions,
         "shape": o.shape,
         "color": o.color,
         "size": o.size,

@@ -3,6 +3,8 @@
 Each sample owns its random streams, seeded from (seed, stream, index, purpose), so a sample's
 content depends neither on how many samples are written nor on the other samples; `purpose` keeps
 the layout, the pixels and the texts independent (changing an alt-text template moves no pixel).
+REFEXP is the training alt-texts' referring form, kept apart from TEXT so that adding that form
+left the plain alt-texts as they were.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pipelines.corpus import vocab
 # Stream ids: the training ("web") images and the held-out evaluation images never share a seed.
 STREAMS = {"web": 0, "eval": 1}
 # Purpose ids inside one sample.
-LAYOUT, PIXELS, TEXT = 0, 1, 2
+LAYOUT, PIXELS, TEXT, REFEXP = 0, 1, 2, 3
 
 MIN_SIDE, MAX_SIDE = 160, 640
 MAX_OBJECTS = 6

@@ -1,7 +1,8 @@
 """The training stream: img2dataset-style webdataset shards of (jpg, txt, json) samples.
 
 Layout: `web/shard-00000.tar`, ...; per sample `{key}.jpg`, `{key}.json`, `{key}.txt`, members in
-that order. The JSON holds img2dataset's metadata fields plus the ground truth (`regions`, `scene`).
+that order. The JSON holds img2dataset's metadata fields plus the ground truth (`regions`, `scene`);
+a region's `names` include the referring expressions its alt-text uses for that object.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from pipelines.corpus import alt_text, annotations, parallel, writers
 from pipelines.corpus.render import render_sample
-from pipelines.corpus.scene import TEXT, sample_rng
+from pipelines.corpus.scene import REFEXP, TEXT, sample_rng
 
 URL_PREFIX = "https://synthetic.invalid/locca-sample"
 
@@ -24,7 +25,10 @@ def make_sample(seed: int, index: int) -> tuple[str, bytes, bytes, bytes]:
     """(key, jpeg, txt, json) of training sample `index`."""
     scene = render_sample(seed, "web", index)
     key = sample_key(index)
-    text = alt_text.alt_text(scene, sample_rng(seed, "web", index, TEXT))
+    alt = alt_text.alt_text(
+        scene, sample_rng(seed, "web", index, TEXT), sample_rng(seed, "web", index, REFEXP)
+    )
+    text = alt.text
     w, h = scene.spec.width, scene.spec.height
     meta: dict[str, Any] = {
         "key": key,
@@ -36,7 +40,10 @@ def make_sample(seed: int, index: int) -> tuple[str, bytes, bytes, bytes]:
         "original_height": h,
         "status": "success",
         "error_message": None,
-        "regions": [annotations.region(o, w, h) for o in scene.objects],
+        "regions": [
+            annotations.region(o, w, h, e)
+            for o, e in zip(scene.objects, alt.expressions, strict=True)
+        ],
         "scene": annotations.scene_label(scene),
     }
     return key, scene.jpeg(), text.encode("utf-8"), writers.dumps(meta).encode("utf-8")
