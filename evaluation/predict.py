@@ -48,17 +48,17 @@ class Predictor:
         self.max_len = int(model.config.max_len)
         self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
 
-        def _gen(params, encoded, prompt, prompt_len, allowed, beam_size):
+        def _gen(params, encoded, prompt, prompt_len, allowed, beam_size, box_order):
             def decode_fn(enc, inputs):
                 return model.apply({"params": params}, enc, inputs, method="decode")
 
-            kw = dict(eos_id=eos_id, pad_id=pad_id, allowed=allowed)
+            kw = dict(eos_id=eos_id, pad_id=pad_id, allowed=allowed, box_order=box_order)
             if beam_size == 1:
                 return generate.greedy(decode_fn, encoded, prompt, prompt_len, **kw)
             return generate.beam_search(decode_fn, encoded, prompt, prompt_len,
                                         beam_size=beam_size, **kw)
 
-        self._generate = jax.jit(_gen, static_argnames=("beam_size",))
+        self._generate = jax.jit(_gen, static_argnames=("beam_size", "box_order"))
 
     def encode(self, params: Any, images: np.ndarray) -> np.ndarray:
         """float32[B, H, W, 3] -> float32[B, N, D] (host numpy), in fixed-size batches."""
@@ -70,9 +70,10 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def generate(self, params: Any, encoded: np.ndarray, prompts: Sequence[Sequence[int]], *,
-                 allowed: np.ndarray | None = None, beam_size: int = 1) -> list[list[int]]:
+                 allowed: np.ndarray | None = None, beam_size: int = 1,
+                 box_order: tuple[int, int] | None = None) -> list[list[int]]:
         """encoded float[B, N, D] with one prompt per row -> the generated ids per row (after the
-        prompt, up to but excluding EOS)."""
+        prompt, up to but excluding EOS). box_order: see model/generate.py."""
         buf, lens = prompts_array(prompts, self.max_len, self.pad_id)
         allowed_j = None if allowed is None else jnp.asarray(allowed)
         out: list[list[int]] = []
@@ -81,7 +82,7 @@ class Predictor:
             args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
                     for a in (encoded, buf, lens)]
             tokens, _ = self._generate(params, *map(jnp.asarray, args), allowed_j,
-                                       beam_size=beam_size)
+                                       beam_size=beam_size, box_order=box_order)
             out += generate.generated(np.asarray(tokens)[:n], lens[i : i + n], self.eos_id)
         return out
 

@@ -101,7 +101,8 @@ def make_generate(decoder: Decoder, tokenizer, batch_size: int):
     def run(params, enc, prompt, prompt_len):
         fn = lambda e, x: decoder.apply({"params": params}, e, x)  # noqa: E731
         return generate.greedy(fn, enc, prompt, prompt_len, eos_id=tokenizer.eos_id,
-                               pad_id=tokenizer.pad_id, allowed=allowed)[0]
+                               pad_id=tokenizer.pad_id, allowed=allowed,
+                               box_order=(tokenizer.loc_start, tasks.NUM_BINS))[0]
 
     def gen(params, encoded: np.ndarray, prompts) -> list[list[int]]:
         buf, lens = prompts_array(prompts, decoder.max_len, tokenizer.pad_id)

@@ -119,6 +119,11 @@ def stages() -> list[Stage]:
                 _rel(tok),
                 "--vocab_size",
                 "1800",
+                # BPE keeps every word of this small corpus whole ("purple" is one piece); the
+                # unigram model split even "red" into "re" + "d", which a 2-layer decoder then has
+                # to reassemble before it can look for the object.
+                "--model_type",
+                "bpe",
             ],
             "train the SentencePiece tokenizer with the 1024 location tokens",
             deps=("annotate",),

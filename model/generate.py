@@ -12,7 +12,10 @@ The returned tokens are the whole buffer (prompt, generated tokens, EOS, then pa
 Constraint. `allowed` is bool[K, V] or bool[B, K, V]: row k lists the tokens allowed as the k-th
 generated token; steps k >= K are unconstrained. `loc_constraint` builds the one that forces a box
 (4 location tokens, then EOS). Scores are log-probabilities under the full softmax (the
-constraint removes tokens, it does not renormalize).
+constraint removes tokens, it does not renormalize). `box_order=(loc_start, num_loc)` adds the
+one constraint a fixed table cannot express: in each generated box (y1 x1 y2 x2), y2 >= y1 and
+x2 >= x1, so a model unsure of an edge picks the best well-formed box instead of a malformed one
+(the 3rd and 4th location token of every 4 are bounded below by the token two steps before).
 
 Cost (documented because there is no KV cache): every step re-runs `decode_fn` over the whole
 fixed-length buffer, so G generated tokens cost G decoder passes over L positions (plus the
@@ -56,6 +59,24 @@ def _step_mask(allowed: jax.Array | None, step: jax.Array, vocab: int) -> jax.Ar
     return jnp.where(constrained[:, None], rows, True)
 
 
+def _order_mask(box_order: tuple[int, int] | None, tokens: jax.Array, pos: jax.Array,
+                step: jax.Array, vocab: int) -> jax.Array:
+    """bool[B, V]: False for location ids below the box's opposite edge (see `box_order`).
+
+    tokens int32[B, L] (positions < pos are filled), step int32[B] = generated-token index at pos.
+    """
+    if box_order is None:
+        return jnp.ones((step.shape[0], vocab), bool)
+    loc_start, num_loc = box_order
+    ids = jnp.arange(vocab)[None]
+    is_loc = (ids >= loc_start) & (ids < loc_start + num_loc)
+    opposite = jax.lax.dynamic_index_in_dim(tokens, jnp.maximum(pos - 2, 0), axis=1,
+                                            keepdims=True)  # [B, 1]
+    bounded = (step >= 2) & (step % 4 >= 2)
+    bounded = bounded[:, None] & (opposite >= loc_start) & (opposite < loc_start + num_loc)
+    return ~(bounded & is_loc & (ids < opposite))
+
+
 def _prepare(prompt: jax.Array, prompt_len: jax.Array, pad_id: int):
     prompt = jnp.asarray(prompt, jnp.int32)
     prompt_len = jnp.asarray(prompt_len, jnp.int32)
@@ -73,7 +94,8 @@ def _next_logprobs(decode_fn: DecodeFn, encoded, tokens, pos) -> jax.Array:
 
 
 def greedy(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array, prompt_len: jax.Array, *,
-           eos_id: int, pad_id: int = 0, allowed: jax.Array | None = None):
+           eos_id: int, pad_id: int = 0, allowed: jax.Array | None = None,
+           box_order: tuple[int, int] | None = None):
     """Greedy decoding.
 
     encoded float[B, N, D], prompt int32[B, L], prompt_len int32[B]
@@ -90,7 +112,10 @@ def greedy(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array, prompt_le
     def body(state):
         pos, tokens, done, scores = state
         logp = _next_logprobs(decode_fn, encoded, tokens, pos)
-        logp = jnp.where(_step_mask(allowed, pos - prompt_len, logp.shape[-1]), logp, NEG)
+        step = pos - prompt_len
+        ok = _step_mask(allowed, step, logp.shape[-1])
+        ok = ok & _order_mask(box_order, tokens, pos, step, logp.shape[-1])
+        logp = jnp.where(ok, logp, NEG)
         best = jnp.argmax(logp, axis=-1).astype(jnp.int32)
         forced = pos < prompt_len
         new = jnp.where(forced, tokens[:, pos], jnp.where(done, pad_id, best))
@@ -105,7 +130,8 @@ def greedy(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array, prompt_le
 
 def beam_search(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array,
                 prompt_len: jax.Array, *, beam_size: int, eos_id: int, pad_id: int = 0,
-                allowed: jax.Array | None = None, length_penalty: float = 0.0):
+                allowed: jax.Array | None = None, length_penalty: float = 0.0,
+                box_order: tuple[int, int] | None = None):
     """Beam search; finished beams keep their slot (and score) and extend with pad.
 
     The best beam is chosen by score / num_generated_tokens ** length_penalty (0: raw log-prob).
@@ -137,7 +163,10 @@ def beam_search(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array,
         pos, beams, scores, done, gen_len = state
         logp = _next_logprobs(decode_fn, enc, beams.reshape(batch * k, length), pos)
         vocab = logp.shape[-1]
-        logp = jnp.where(_step_mask(allowed_flat, pos - flat_len, vocab), logp, NEG)
+        flat = beams.reshape(batch * k, length)
+        ok = _step_mask(allowed_flat, pos - flat_len, vocab)
+        ok = ok & _order_mask(box_order, flat, pos, pos - flat_len, vocab)
+        logp = jnp.where(ok, logp, NEG)
         logp = logp.reshape(batch, k, vocab)
         forced = (pos < prompt_len)[:, None, None]  # [B, 1, 1]
         only = lambda tok: jnp.where(jnp.arange(vocab) == tok[..., None], 0.0, NEG)  # noqa: E731

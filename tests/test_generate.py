@@ -162,3 +162,29 @@ def test_generation_with_a_tiny_locca_matches_a_step_by_step_loop():
     assert (seq[:, 2:] != PAD).any()  # something was generated, not just an immediate EOS
     b_tok, _ = _beam(decode_fn, encoded, prompt, prompt_len, beam_size=1)
     np.testing.assert_array_equal(b_tok, tokens)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_box_order_keeps_the_far_edges_beyond_the_near_ones(beam_size):
+    loc_start, num_loc = 12, 4
+    table = np.full((V, V), -10.0, np.float32)
+    # BOS -> y1=14 -> x1=15 -> (prefers) y2=12 -> (prefers) x2=13: an upside-down, inverted box.
+    table[BOS, 14] = 5.0
+    table[14, 15] = 5.0
+    table[15, 12], table[15, 14], table[15, 13] = 5.0, 3.0, 4.0
+    table[12, 13] = 5.0
+    table[:, EOS] = -1.0
+    prompt = np.array([[BOS] + [PAD] * (L - 1)], np.int32)
+    lens = np.array([1], np.int32)
+    encoded = jnp.zeros((1, 2, 4))
+    allowed = gen.loc_constraint(V, loc_start, num_loc=num_loc, eos_id=EOS)
+    fn = markov_decode_fn(table)
+    run = _greedy if beam_size == 1 else functools.partial(_beam, beam_size=beam_size)
+    free, _ = run(fn, encoded, prompt, lens, allowed=allowed)
+    np.testing.assert_array_equal(np.asarray(free)[0, 1:5], [14, 15, 12, 13])  # malformed
+    ordered, _ = run(fn, encoded, prompt, lens, allowed=allowed, box_order=(loc_start, num_loc))
+    y1, x1, y2, x2 = np.asarray(ordered)[0, 1:5]
+    assert (y1, x1) == (14, 15)
+    assert y2 >= y1 and x2 >= x1
+    assert (y2, x2) == (14, 15)  # the best allowed choices: 14 (3.0) over 15; then 15
+    assert np.asarray(ordered)[0, 5] == EOS

@@ -9,7 +9,7 @@ import pytest
 
 from model.decoder import embedding_init, sincos_loc_embedding
 from training import model_fns
-from training.loc_targets import gaussian_bin_targets, loc_soft_xent
+from training.loc_targets import gaussian_bin_targets, loc_soft_xent, sigma_schedule
 
 LOC_START, NUM_LOC, VOCAB = 7, 64, 100
 
@@ -31,6 +31,31 @@ def test_gaussian_targets_at_sigma_zero_are_one_hot():
     np.testing.assert_array_equal(gaussian_bin_targets(bins, NUM_LOC, 0.0),
                                   jax.nn.one_hot(bins, NUM_LOC))
 
+
+
+def test_sigma_schedule_anneals_from_start_to_end_then_holds():
+    sched = sigma_schedule(96.0, 4.0, 100)
+    values = [float(sched(jnp.asarray(s))) for s in (0, 25, 50, 75, 100, 150)]
+    assert values[0] == pytest.approx(96.0)
+    assert values[2] == pytest.approx(50.0)  # cosine midpoint
+    assert values[4] == pytest.approx(4.0) and values[5] == pytest.approx(4.0)
+    assert all(a > b for a, b in zip(values[:4], values[1:5]))
+    # No annealing asked for: a constant Python float, so the one-hot fast path stays static.
+    assert sigma_schedule(0.0, 0.0, 100)(jnp.asarray(5)) == 0.0
+    assert isinstance(sigma_schedule(8.0, 8.0, 100)(jnp.asarray(5)), float)
+
+
+def test_traced_sigma_matches_the_static_one_and_reaches_one_hot():
+    bins = jnp.array([0, 5, 40, 63])
+    np.testing.assert_allclose(gaussian_bin_targets(bins, NUM_LOC, jnp.float32(3.0)),
+                               gaussian_bin_targets(bins, NUM_LOC, 3.0), rtol=1e-6)
+    at_zero = jax.jit(lambda s: gaussian_bin_targets(bins, NUM_LOC, s))(jnp.float32(0.0))
+    np.testing.assert_array_equal(at_zero, jax.nn.one_hot(bins, NUM_LOC))
+    logits, targets = _logits_targets()
+    kw = dict(loc_start=LOC_START, num_loc=NUM_LOC)
+    traced = jax.jit(lambda s: loc_soft_xent(logits, targets, sigma=s, **kw))(jnp.float32(0.0))
+    np.testing.assert_allclose(traced, loc_soft_xent(logits, targets, sigma=0.0, **kw),
+                               rtol=1e-5, atol=1e-6)
 
 def _logits_targets():
     logits = jax.random.normal(jax.random.PRNGKey(0), (3, 5, VOCAB)) * 3.0

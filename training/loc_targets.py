@@ -7,6 +7,11 @@ Replacing the one-hot target of a location token by exp(-(k - bin)^2 / (2 sigma^
 over the bins, so the mass cut off at the image border goes to the in-range bins) lets
 neighbouring bins share the signal; `sigma == 0` gives back the one-hot target exactly. Tokens that
 are not location tokens keep their ordinary (optionally label-smoothed) cross-entropy.
+
+`sigma_schedule` anneals the width: early in training a model cannot place a box more precisely
+than its patch grid (112 px / 16 = 7 cells, ~146 bins each), so a target a few bins wide rewards
+"the right cell" no more than a wild guess; a wide Gaussian does, and it then narrows towards
+sharp targets (cosine, like a heatmap-regression curriculum).
 """
 
 from __future__ import annotations
@@ -15,21 +20,46 @@ import jax
 import jax.numpy as jnp
 
 
-def gaussian_bin_targets(bins: jax.Array, num_loc: int, sigma: float) -> jax.Array:
+# Below this width (in bins) a traced sigma is treated as this: the Gaussian is then one-hot to
+# float32 precision (the neighbours get exp(-0.5 / 0.05**2) = 0), without dividing by zero.
+_MIN_TRACED_SIGMA = 0.05
+
+
+def gaussian_bin_targets(bins: jax.Array, num_loc: int, sigma: float | jax.Array) -> jax.Array:
     """bins int[...] in [0, num_loc) -> float32[..., num_loc] distributions peaked at each bin.
 
-    sigma is in bins; sigma <= 0 returns the one-hot distribution.
+    sigma is in bins: a Python float (<= 0 returns the one-hot distribution) or a traced scalar
+    (a schedule's value; values near 0 give one-hot).
     """
-    if sigma <= 0.0:
-        return jax.nn.one_hot(bins, num_loc, dtype=jnp.float32)
+    if isinstance(sigma, (int, float)):
+        if sigma <= 0.0:
+            return jax.nn.one_hot(bins, num_loc, dtype=jnp.float32)
+    else:
+        sigma = jnp.maximum(jnp.asarray(sigma, jnp.float32), _MIN_TRACED_SIGMA)
     k = jnp.arange(num_loc, dtype=jnp.float32)
     d = k - bins[..., None].astype(jnp.float32)
     w = jnp.exp(-0.5 * (d / sigma) ** 2)
     return w / jnp.sum(w, axis=-1, keepdims=True)
 
 
+def sigma_schedule(start: float, end: float, steps: int):
+    """step -> sigma: cosine from `start` at step 0 to `end` at `steps`, then `end`.
+
+    start <= 0 (or start == end, or steps <= 0) gives the constant `end` as a Python float, so the
+    loss keeps its static one-hot fast path when end == 0.
+    """
+    if start <= 0.0 or start == end or steps <= 0:
+        return lambda step: float(end)
+
+    def sigma(step: jax.Array) -> jax.Array:
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / float(steps), 0.0, 1.0)
+        return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+    return sigma
+
+
 def loc_soft_xent(logits: jax.Array, targets: jax.Array, *, loc_start: int, num_loc: int,
-                  sigma: float, label_smoothing: float = 0.0) -> jax.Array:
+                  sigma: float | jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Per-token cross-entropy with Gaussian targets on location tokens.
 
     logits float[..., V], targets int[...] -> float32[...]. A target in
@@ -42,7 +72,7 @@ def loc_soft_xent(logits: jax.Array, targets: jax.Array, *, loc_start: int, num_
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     if label_smoothing:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
-    if sigma <= 0.0 or num_loc <= 0:
+    if num_loc <= 0 or (isinstance(sigma, (int, float)) and sigma <= 0.0):
         return nll
     bins = targets - loc_start
     is_loc = (bins >= 0) & (bins < num_loc)

@@ -81,7 +81,7 @@ def model_images(images: jax.Array) -> jax.Array:
 def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
             task_weights: Mapping[str, float], label_smoothing: float = 0.0,
             parallel_prob: float = 0.0, mask_id: int = 0,
-            train: bool = True, loc_sigma: float = 0.0, loc_start: int = 0,
+            train: bool = True, loc_sigma: float | jax.Array = 0.0, loc_start: int = 0,
             num_loc: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The LocCa training loss and its per-task parts.
 
@@ -89,7 +89,8 @@ def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
     [B, L] per task.
     Loss = sum_t w_t * (sum of task t's masked token losses / its masked token count over the
     global batch). loc_sigma > 0 scores location targets (ids [loc_start, loc_start + num_loc))
-    against a Gaussian over neighbouring bins (training/loc_targets.py). Returns (loss, aux) with aux "{task}/loss", "{task}/accuracy", "{task}/tokens".
+    against a Gaussian over neighbouring bins (training/loc_targets.py; a traced value is a
+    schedule's). Returns (loss, aux) with aux "{task}/loss", "{task}/accuracy", "{task}/tokens".
     """
     tasks = active_tasks(task_weights)
     rng_par, rng_drop = jax.random.split(rng)
@@ -106,7 +107,7 @@ def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
     logits = model.apply({"params": params}, encoded, inputs,
                          parallel=par if parallel is not None else None, train=train,
                          rngs=rngs, method="decode")
-    if loc_sigma > 0.0:
+    if not isinstance(loc_sigma, (int, float)) or loc_sigma > 0.0:
         xent = loc_soft_xent(logits, targets, loc_start=loc_start, num_loc=num_loc,
                              sigma=loc_sigma, label_smoothing=label_smoothing)
     else:

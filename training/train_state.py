@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from model.locca import LocCa, init_params
 from model.vit_checkpoint import load_vit_params
-from training import model_fns, sharding
+from training import loc_targets, model_fns, sharding
 from training.optim import trainable_labels
 
 State = dict[str, Any]
@@ -98,20 +98,26 @@ def make_train_step(model: LocCa, tx: optax.GradientTransformation,
         task_weights=dict(config.loss.task_weights),
         label_smoothing=float(config.loss.label_smoothing),
         parallel_prob=float(config.parallel_prob), mask_id=mask_id, train=True,
-        loc_sigma=float(config.loss.get("loc_sigma", 0.0)),
         loc_start=int(config.model.get("loc_start", 0)),
         num_loc=int(config.model.get("num_loc", 0)),
     )
+    loc_sigma = loc_targets.sigma_schedule(
+        float(config.loss.get("loc_sigma_start", 0.0)), float(config.loss.get("loc_sigma", 0.0)),
+        int(config.loss.get("loc_sigma_steps", 0)) or int(config.total_steps))
 
     def train_step(state: State, batch: dict) -> tuple[State, dict]:
         step = state["step"]
         rng = jax.random.fold_in(state["rng"], step)
+        sigma = loc_sigma(step)
         (value, aux), grads = jax.value_and_grad(
-            lambda p: loss(p, batch=batch, rng=rng), has_aux=True)(state["params"])
+            lambda p: loss(p, batch=batch, rng=rng, loc_sigma=sigma), has_aux=True)(
+                state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": value, "lr": lr_fn(step), "grad_norm": _trainable_norm(grads, labels),
                    "param_norm": optax.global_norm(params), **aux}
+        if not isinstance(sigma, float):
+            metrics["loc_sigma"] = sigma
         new_state = {"params": params, "opt_state": opt_state, "step": step + 1,
                      "rng": state["rng"]}
         return new_state, metrics

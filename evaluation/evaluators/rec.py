@@ -2,7 +2,7 @@
 
 Config (ConfigDict): refs (refs(unc).p / refs(umd).p / refs(google).p or refs.json), instances
 (COCO instances.json), images (image dir), splits (default val/testA/testB), constrained (force
-4 location tokens + EOS; default True), batch_size, max_per_split (0: all).
+4 location tokens + EOS with y2 >= y1, x2 >= x1; default True), batch_size, max_per_split (0: all).
 Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/count", "problems/*".
 Also writes every prediction to WORKDIR/eval/predictions/rec_{split}_step{step}.jsonl (image,
 sentence, predicted and true boxes, IoU) for galleries and error analysis.
@@ -23,6 +23,7 @@ from evaluation.evaluators import base
 from evaluation.evaluators.rec_common import predict_boxes, split_metrics
 from evaluation.metrics import box_iou
 from evaluation.predict import box_constraint
+from model.tasks import NUM_BINS as NUM_LOC
 
 
 class Evaluator:
@@ -45,6 +46,8 @@ class Evaluator:
             if config.get("constrained", True)
             else None
         )
+        # Constrained decoding also keeps y2 >= y1 and x2 >= x1 (model/generate.py).
+        self.box_order = (tok.loc_start, NUM_LOC) if self.allowed is not None else None
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         params = ctx.params
@@ -54,7 +57,8 @@ class Evaluator:
             return self.predictor.encode(params, self.images.batch(paths))
 
         def gen(encoded, prompts):
-            return self.predictor.generate(params, encoded, prompts, allowed=self.allowed)
+            return self.predictor.generate(params, encoded, prompts, allowed=self.allowed,
+                                           box_order=self.box_order)
 
         for split, examples in self.splits.items():
             preds = predict_boxes(examples, encode, gen, tok, self.predictor.batch_size)

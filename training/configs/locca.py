@@ -54,6 +54,10 @@ def _base() -> ml_collections.ConfigDict:
     # Gaussian soft targets on location tokens (sigma in bins of 1/1024; 0 = one-hot, the paper).
     # Neighbouring bins then share the signal (training/loc_targets.py).
     c.loss.loc_sigma = 0.0
+    # Anneal that width from loc_sigma_start (0 = no annealing) down to loc_sigma over
+    # loc_sigma_steps (0 = total_steps), cosine: wide targets reward "the right patch" early on.
+    c.loss.loc_sigma_start = 0.0
+    c.loss.loc_sigma_steps = 0
     # CapPa: fraction of Cap examples decoded in parallel (masked inputs, bidirectional attention).
     c.parallel_prob = 0.0
 
