@@ -107,6 +107,27 @@ def _prefix(tok: TokenizerLike, task: str) -> list[int]:
     return _cached(tok, task)
 
 
+_PHRASE_CACHE_SIZE = 1 << 16
+
+
+def _encode_phrase(tok: TokenizerLike, phrase: str) -> list[int]:
+    """tok.encode(phrase), memoized per tokenizer (callers must not modify the returned list).
+
+    Region phrases (detector queries, category names) repeat across a corpus, captions do not, so
+    only phrases are cached. Exact: encoding is a pure function of the text. Bounded by clearing
+    when full, which is cheaper than LRU bookkeeping on every hit.
+    """
+    cache = tok.__dict__.get("_locca_phrase_cache")
+    if cache is None:
+        cache = tok.__dict__.setdefault("_locca_phrase_cache", {})
+    ids = cache.get(phrase)
+    if ids is None:
+        if len(cache) >= _PHRASE_CACHE_SIZE:
+            cache.clear()
+        ids = cache[phrase] = tok.encode(phrase)
+    return ids
+
+
 def _pack(tok: TokenizerLike, prefix: list[int], target: list[int], max_len: int, active: bool):
     seq = [tok.bos_id, *prefix, *target] + ([tok.eos_id] if active else [])
     if len(seq) > max_len + 1:
@@ -154,7 +175,7 @@ def target_ids(
     box_ids = box_to_tokens(box, tok.loc_start)
     sep = _cached(tok, SEPARATOR)
     # SentencePiece never merges across a space, so encode("dog :") == encode("dog") + encode(":").
-    text = tok.encode(phrase)
+    text = _encode_phrase(tok, phrase)  # shared: only sliced or concatenated below, never modified
     if budget is not None:
         text = text[: max(budget - 4 - len(sep), 0)]
     if not text:
@@ -218,18 +239,32 @@ def format_example(
     weights = task_weights or {t: 1.0 for t in TASKS}
     chosen = choose_tasks(rng, has_regions, task_mix, weights)
     # Draw both regions whatever was chosen, so the rng stream does not depend on the task mix.
-    picks = rng.integers(0, len(phrases), size=2) if has_regions else (0, 0)
+    picks = rng.integers(0, len(phrases), size=2).tolist() if has_regions else [0, 0]
+    # Same sequences as format_task / empty() per task, written into one [T, L + 1] token block
+    # and one [T, L] mask block: two allocations per example instead of four per task (the
+    # per-example cost of many small numpy arrays showed in the loader's profile). The returned
+    # arrays are row views of those blocks.
+    seqs = np.full((len(TASKS), max_len + 1), tok.pad_id, np.int32)
+    mask = np.zeros((len(TASKS), max_len), np.float32)
     out: dict[str, Any] = {"has_regions": np.bool_(has_regions)}
-    for task in TASKS:
-        if task not in chosen:
-            f = empty(task, tok, max_len)
-        elif task == "cap":
-            f = format_task("cap", tok, max_len=max_len, caption=caption)
+    for row, task in enumerate(TASKS):
+        prefix = _prefix(tok, task)
+        budget = max_len - len(prefix) - 1  # as in format_task
+        target = None
+        if task in chosen and budget >= 0:
+            if task == "cap":
+                target = target_ids("cap", tok, caption=caption, budget=budget)
+            else:
+                i = picks[0 if task == "aref" else 1]
+                target = target_ids(task, tok, phrase=phrases[i], box=boxes[i], budget=budget)
+        if target is None:  # empty(): [BOS] + prefix, no EOS, no loss
+            seq = [tok.bos_id, *prefix[: max_len - 1]]
         else:
-            i = int(picks[0 if task == "aref" else 1])
-            f = format_task(task, tok, max_len=max_len, phrase=phrases[i], box=boxes[i])
-        out[f"{task}/inputs"], out[f"{task}/targets"] = f.inputs, f.targets
-        out[f"{task}/loss_mask"] = f.loss_mask
+            seq = [tok.bos_id, *prefix, *target, tok.eos_id]
+            mask[row, len(prefix) : len(prefix) + len(target) + 1] = 1.0  # target and EOS
+        seqs[row, : len(seq)] = seq
+        out[f"{task}/inputs"], out[f"{task}/targets"] = seqs[row, :-1], seqs[row, 1:]
+        out[f"{task}/loss_mask"] = mask[row]
     return out
 
 

@@ -4,6 +4,11 @@
   -> parse record + decode/augment/resize + task formatting (one RandomMap, rng from (seed, index))
   -> shard by process [i::n] -> batch (drop remainder) -> iterator [-> multiprocess prefetch]
 
+Per example the RandomMap reads only the fields it needs (record.decode_training_fields; set
+data.check_records for the full validating decode), decodes JPEGs with OpenCV where that gives
+Pillow's exact pixels (preprocess.decode_jpeg_fast) and formats all tasks into one token block
+(tasks.format_example); tests/benchmarks/README.md (loader_throughput) has what each costs.
+
 Sharding comes after the random map, so an example's randomness depends on its global index only:
 the same record in the same epoch gets the same crop and region whatever the process count, and
 mp_prefetch slices after batching, so the worker count does not change the batches either.
@@ -43,6 +48,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.image_dtype = "uint8"  # "uint8": [0, 255], scaled on device; "float32": value_range on host
     c.value_range = (-1.0, 1.0)  # float32 pixel range; uint8 images always map to [-1, 1]
     c.fast_resize = True  # OpenCV bilinear (pp.resize_fast); False: Pillow antialiased (= eval)
+    # False: read only image/caption/boxes/phrases (record.decode_training_fields; records were
+    # validated when written). True: full record.decode + validate of every example (slower, same
+    # batches for valid records).
+    c.check_records = False
     c.text_len = 64  # L: decoder length (tokens per task, BOS..EOS minus one)
     c.task_mix = "all"  # "all": every task every example (paper); "sample": one task per example
     c.task_weights = {"cap": 1.0, "aref": 1.0, "gcap": 1.0}  # for task_mix="sample"
@@ -122,19 +131,25 @@ class ExampleTransform(grain.transforms.RandomMap):
                             "mapped to [-1, 1] in the train step); set data.image_dtype=float32")
         self.ops = tuple(ops)
         self.min_side = min_side
+        self.check_records = bool(config.get("check_records", False))
 
     def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
         try:
-            rec = record_lib.decode(element)
-            if self.fused_resize is not None:
-                image = pp.decode_resized(rec.image, self.fused_resize, self.fast_resize)
+            if self.check_records:
+                rec = record_lib.decode(element)
+                fields = record_lib.TrainingFields(rec.image, rec.caption, rec.boxes, rec.phrases)
             else:
-                image = pp.decode_image(rec.image, self.min_side)
+                fields = record_lib.decode_training_fields(element)
+            if self.fused_resize is not None:
+                image = pp.decode_resized(fields.image, self.fused_resize, self.fast_resize)
+            else:
+                image = pp.decode_image(fields.image, self.min_side)
         except Exception as e:  # Name the record: a bare PIL error in a worker is hard to trace.
             raise ValueError(f"bad record in training data: {e}") from e
-        features = {"image": image, "boxes": rec.boxes, "phrases": rec.phrases,
-                    "caption": rec.caption}
-        features = pp.apply(self.ops, features, rng)
+        features = {"image": image, "boxes": fields.boxes, "phrases": fields.phrases,
+                    "caption": fields.caption}
+        if self.ops:
+            features = pp.apply(self.ops, features, rng)
         out = tasks.format_example(
             self.tokenizer, rng, caption=features["caption"], boxes=features["boxes"],
             phrases=features["phrases"], max_len=self.text_len, task_mix=self.task_mix,
@@ -211,11 +226,21 @@ def make_eval_iter(
     return iter(_to_iter(ds.batch(batch_size, drop_remainder=False), data_config, num_workers))
 
 
+_MIN_SHM_BYTES = 1 << 16  # arrays below this cross from workers pickled, not in shared memory
+
+
 def _to_iter(ds: grain.MapDataset, config: ml_collections.ConfigDict, num_workers: int):
     read = grain.ReadOptions(num_threads=int(config.read_threads),
                              prefetch_buffer_size=int(config.prefetch_batches))
     it_ds = ds.to_iter_dataset(read)
     if num_workers > 0:
         _ensure_absl_flags()
+        # Only the image batch goes through shared memory; the ten small [B, L] text arrays are
+        # pickled with the batch. Grain's default (min_shm_size=0) makes one shared-memory segment
+        # per array per batch, whose create/map/unlink cost more than copying 8 KB (measured
+        # 0.06-0.08 ms less CPU per example over workers + main process; tests/benchmarks/README.md).
+        # The iterator and its checkpointed state are the parent's, unchanged.
+        options = grain.experimental.DatasetOptions(min_shm_size=_MIN_SHM_BYTES)
+        it_ds = grain.experimental.WithOptionsIterDataset(it_ds, options)
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it_ds
