@@ -111,6 +111,74 @@ def test_same_seed_same_batches_other_seed_differs(shards, tok):
     assert not _same(a, c)
 
 
+def _per_example_batches(cfg, tok, batch: int, n: int, **kw) -> list[dict]:
+    """The reference: one Grain RandomMap element per example, batched by Grain."""
+    ds = data.make_examples(cfg, tok, **kw).batch(batch, drop_remainder=kw.get("train", True))
+    return [ds[i] for i in range(min(n, len(ds)))]
+
+
+def _exactly_same(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k])
+                                     for k in x)
+        for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("augment", [{}, {"crop": True, "flip": True}], ids=["plain", "augment"])
+@pytest.mark.parametrize("process_count", [1, 3])
+def test_batched_loader_equals_per_example_pipeline(shards, tok, augment, process_count):
+    # One Grain element per batch (BatchTransform) must give the batches of the per-example
+    # RandomMap pipeline bit for bit: same order, same per-example rng, across epochs.
+    cfg = _config(shards, **augment)
+    for index in range(process_count):
+        kw = {"seed": 7, "process_index": index, "process_count": process_count}
+        ref = _per_example_batches(cfg, tok, 4, 8, **kw)  # 8 batches: past the first epoch
+        got = _take(data.make_train_iter(cfg, tok, per_process_batch=4, **kw), 8)
+        assert _exactly_same(ref, got), index
+    assert not _same(ref[:1], _take(data.make_train_iter(
+        cfg, tok, per_process_batch=4, seed=8, process_index=index,
+        process_count=process_count), 1))  # the seed is not ignored
+
+
+def test_batched_loader_equals_per_example_float32_and_eval(shards, tok):
+    cfg = _config(shards, crop=True)
+    cfg.image_dtype, cfg.value_range = "float32", (0.0, 1.0)
+    kw = {"seed": 1, "process_index": 1, "process_count": 2}
+    ref = _per_example_batches(cfg, tok, 3, 4, **kw)
+    assert _exactly_same(ref, _take(data.make_train_iter(cfg, tok, per_process_batch=3, **kw), 4))
+    assert ref[0]["image"].dtype == np.float32
+    # Eval: one pass, file order, the last short batch kept (15 records per process: 4+4+4+3).
+    ref = _per_example_batches(cfg, tok, 4, 10, num_epochs=1, train=False, **kw)
+    got = list(data.make_eval_iter(cfg, tok, batch_size=4, **kw))
+    assert [len(b["image"]) for b in got] == [4, 4, 4, 3]
+    assert _exactly_same(ref, got)
+
+
+def test_thread_rngs_draw_what_grain_random_map_draws():
+    from grain._src.python.dataset.transformations.map import RngPool
+
+    rngs, pool = data._ThreadRngs(1234), RngPool(1234)
+    for index in (5, 0, 2**40 + 3, 5):  # out of order and repeated: a full reset each time
+        ours = rngs.at(index)
+        a = (ours.integers(0, 1000, 3).tolist(), ours.uniform(), ours.random(2).tolist())
+        theirs = pool.acquire_rng(index)
+        b = (theirs.integers(0, 1000, 3).tolist(), theirs.uniform(), theirs.random(2).tolist())
+        assert a == b, index
+    import pickle
+
+    assert pickle.loads(pickle.dumps(rngs)).at(7).uniform() == pool.acquire_rng(7).uniform()
+
+
+def test_read_threads_do_not_change_batches(shards, tok):
+    cfg = _config(shards, crop=True, flip=True)
+    runs = []
+    for threads in (0, 1, 3):
+        cfg.read_threads = threads
+        runs.append(_take(data.make_train_iter(cfg, tok, per_process_batch=4, seed=3,
+                                               process_index=0, process_count=1), 9))
+    assert _exactly_same(runs[0], runs[1]) and _exactly_same(runs[0], runs[2])
+
+
 def test_worker_count_does_not_change_batches(shards, tok):
     cfg = _config(shards, crop=True, flip=True)
     ref = _take(data.make_train_iter(cfg, tok, per_process_batch=4, seed=3, process_index=0,

@@ -16,13 +16,17 @@ For each, measures
             bilinear / OpenCV INTER_AREA, no DCT scaling), since any loader must bring a full
             photo down to 224
   CPU:      single-process CPU ms/example (process_time, best of 7 interleaved rounds, robust to
-            other load) of each raw decode, of the loader's per-example transform alone, and of
-            the whole Grain pipeline in-process (num_workers=0: reading, shuffling, the transform,
-            batching)
-  pipeline: make_train_iter at 224 px, text_len 64, all three tasks, batch 32, N workers, with
-            the default data config (and with --settings, e.g. `checked`: check_records=True)
+            other load) of each raw decode, of the loader's per-example transform alone, of the
+            whole Grain pipeline in-process (num_workers=0: reading, shuffling, the transform,
+            batching; one Grain element per batch) and of the per-example Grain pipeline it
+            replaced (data.make_examples(...).batch: one RandomMap element per example, the
+            loader of cefca63; same batches)
+  pipeline: make_train_iter at 224 px, text_len 64, all three tasks, batch 32, with the default
+            data config (and with --settings, e.g. `checked`: check_records=True), run two ways:
+            N worker processes (mp_prefetch), and in one process with --threads read threads
+            (num_workers=0; cv2.imdecode releases the GIL, so the decodes overlap)
 and prints the ratios (raw time / loader time, or pipeline rate / raw rate). The goal is >= 0.7.
-The N-worker rates are measured --rounds times (3), raw and pipeline interleaved, and the best of
+The wall rates are measured --rounds times (3), raw and pipelines interleaved, and the best of
 each is compared, so a burst of load from other jobs does not land on one side only.
 """
 
@@ -124,15 +128,19 @@ def raw_decode_rates(pool, blobs: list[bytes], workers: int, resize: bool, decod
 
 
 def two_worker_rates(blobs: list[bytes], resize: bool, paths: str, tok, workers: int,
-                     batches: int, overrides: dict, rounds: int,
+                     batches: int, overrides: dict, rounds: int, threads: tuple[int, ...] = (),
                      seconds: float = 2.0) -> dict[str, list[float]]:
     """Examples/s of the raw decodes and of the pipeline, `rounds` times, interleaved.
+
+    Keys: the decoders, "pipeline" (`workers` processes) and "threads{t}" (one process with t
+    read threads) for each t in `threads`.
 
     Interleaving and taking each one's best round keeps a burst of load from other jobs on the
     shared machine from landing on one side of the ratio only.
     """
     workers = max(workers, 1)
     rates: dict[str, list[float]] = {d: [] for d in (*DECODERS, "pipeline")}
+    rates.update({f"threads{t}": [] for t in threads})
     with mp.get_context("spawn").Pool(workers) as pool:
         passes = {}
         for d in DECODERS:
@@ -144,6 +152,9 @@ def two_worker_rates(blobs: list[bytes], resize: bool, paths: str, tok, workers:
             for d in DECODERS:
                 rates[d].append(raw_decode_rates(pool, blobs, workers, resize, d, passes[d]))
             rates["pipeline"].append(pipeline_rate(paths, tok, workers, batches, overrides))
+            for t in threads:
+                rates[f"threads{t}"].append(
+                    pipeline_rate(paths, tok, 0, batches, {**overrides, "read_threads": t}))
     return rates
 
 
@@ -201,8 +212,20 @@ def cpu_ms_per_example(records: list[bytes], paths: str, tok, resize: bool, over
 
     fns = {f"raw_{d}": ((lambda d=d: _decode_jpegs((blobs, 1, resize, d))), len(blobs))
            for d in DECODERS}
+    # The per-example graph this loader replaced (cefca63's make_train_iter), same batches.
+    ref = iter(data._to_iter(data.make_examples(cfg, tok, seed=0, process_index=0,
+                                                process_count=1).batch(batch, drop_remainder=True),
+                             cfg, 0))
+    for _ in range(2 * steps):
+        next(ref)
+
+    def run_per_example():
+        for _ in range(steps):
+            next(ref)
+
     fns["transform"] = (run_transform, len(records))
     fns["pipeline"] = (run_pipeline, steps * batch)
+    fns["per_example"] = (run_per_example, steps * batch)
     return {k: v * 1e3 for k, v in _best_of_interleaved(fns).items()}
 
 
@@ -232,6 +255,8 @@ def main() -> None:
     ap.add_argument("--settings", default="default", help=f"comma-separated, of {list(SETTINGS)}")
     ap.add_argument("--variants", default="224sq,256px,full")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved 2-worker rounds (best)")
+    ap.add_argument("--threads", default="2,4",
+                    help="read_threads of the in-process (num_workers=0) wall runs; '' for none")
     args = ap.parse_args()
     if not COCO.exists():
         raise SystemExit(f"loader_throughput: {COCO} not found; it needs ../shared/data/coco-mini")
@@ -261,13 +286,16 @@ def main() -> None:
                 ms = cpu_ms_per_example(records, paths, tok, resize, overrides)
                 print(f"{name:5s} {setting}: CPU ms/example (1 process): raw pillow "
                       f"{ms['raw_pillow']:.3f}, raw opencv {ms['raw_opencv']:.3f}, transform "
-                      f"{ms['transform']:.3f}, pipeline {ms['pipeline']:.3f}; CPU ratio vs "
+                      f"{ms['transform']:.3f}, pipeline {ms['pipeline']:.3f} (per-example "
+                      f"graph {ms['per_example']:.3f}); CPU ratio vs "
                       f"pillow: transform {ms['raw_pillow'] / ms['transform']:.2f}, pipeline "
-                      f"{ms['raw_pillow'] / ms['pipeline']:.2f} (vs opencv: transform "
+                      f"{ms['raw_pillow'] / ms['pipeline']:.2f} (per-example graph "
+                      f"{ms['raw_pillow'] / ms['per_example']:.2f}) (vs opencv: transform "
                       f"{ms['raw_opencv'] / ms['transform']:.2f}, pipeline "
                       f"{ms['raw_opencv'] / ms['pipeline']:.2f})", flush=True)
+                threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
                 rates = two_worker_rates(blobs, resize, paths, tok, args.workers, args.batches,
-                                         overrides, args.rounds)
+                                         overrides, args.rounds, threads)
                 best = {k: max(v) for k, v in rates.items()}
                 runs = "; ".join(f"{k} " + ", ".join(f"{x:.0f}" for x in v)
                                  for k, v in rates.items())
@@ -275,8 +303,11 @@ def main() -> None:
                       f"raw pillow {best['pillow']:.0f}/s, raw opencv {best['opencv']:.0f}/s, "
                       f"pipeline {best['pipeline']:.0f}/s, ratio vs pillow "
                       f"{best['pipeline'] / best['pillow']:.2f} (vs opencv "
-                      f"{best['pipeline'] / best['opencv']:.2f}) [rounds: {runs}]; load average "
-                      f"{os.getloadavg()[0]:.1f}", flush=True)
+                      f"{best['pipeline'] / best['opencv']:.2f}); "
+                      + "".join(f"1 process, {t} read threads: {best[f'threads{t}']:.0f}/s, ratio "
+                                f"vs pillow {best[f'threads{t}'] / best['pillow']:.2f}; "
+                                for t in threads)
+                      + f"[rounds: {runs}]; load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":
