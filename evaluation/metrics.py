@@ -35,22 +35,28 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def rec_scores(
     predictions: Sequence[Box | None], targets: Sequence[Box], threshold: float = 0.5
 ) -> dict[str, float]:
-    """Acc@threshold (IoU >= threshold, inclusive as in the RefCOCO protocol), mean IoU and the
-    share of malformed (None) predictions, over all examples (malformed ones count as misses)."""
+    """Acc@threshold (IoU >= threshold, inclusive as in the RefCOCO protocol), mean IoU, the
+    share of malformed (None) predictions, and "pointing": the share whose predicted box centre
+    lies inside the true box (the pointing game; it shows a model finding the object before its
+    edges are precise enough for IoU >= 0.5). Over all examples; malformed ones count as misses."""
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
     n = len(targets)
     if n == 0:
-        return {"acc": 0.0, "miou": 0.0, "malformed": 0.0, "count": 0.0}
+        return {"acc": 0.0, "miou": 0.0, "malformed": 0.0, "pointing": 0.0, "count": 0.0}
     malformed = np.array([p is None for p in predictions])
     preds = np.array([[0.0, 0.0, 0.0, 0.0] if p is None else list(p) for p in predictions])
     ious = np.where(malformed, 0.0, box_iou(preds, np.asarray(targets, np.float64)))
     # A tiny tolerance so a box whose IoU is exactly 0.5 in real arithmetic is not lost to rounding.
     hits = ious >= threshold - 1e-9
+    truth = np.asarray(targets, np.float64).reshape(-1, 4)
+    centre = (preds[:, :2] + preds[:, 2:]) / 2
+    inside = np.all((centre >= truth[:, :2]) & (centre <= truth[:, 2:]), axis=1) & ~malformed
     return {
         "acc": float(hits.mean()),
         "miou": float(ious.mean()),
         "malformed": float(malformed.mean()),
+        "pointing": float(inside.mean()),
         "count": float(n),
     }
 

@@ -122,3 +122,24 @@ def test_cider_target_needs_a_captioner_that_learned(tmp_path: Path):
         _results(tmp_path / name / "eval", [(10, "captioning", "val", "cider", 0.0)])
     target = demo_report.build(tmp_path)["targets"]["cider_kept"]
     assert target["value"] == 0.0 and not target["passed"]
+
+
+def test_time_target_sums_the_stage_markers_without_the_report(run_dir: Path):
+    for name, seconds in (("train_locca", 600.0), ("eval_locca", 500.0), ("report", 9999.0)):
+        (run_dir / "stages" / f"{name}.json").write_text(
+            json.dumps(dict(command=f"python {name}", seconds=seconds)))
+    t = demo_report.build(run_dir)["targets"]["demo_time"]
+    assert t["value"] == pytest.approx((1.0 + 600.0 + 500.0) / 60)  # corpus.json has 1 s
+    assert t["passed"]
+    (run_dir / "stages" / "eval_cap.json").write_text(
+        json.dumps(dict(command="python eval_cap", seconds=500.0)))
+    assert not demo_report.build(run_dir)["targets"]["demo_time"]["passed"]  # 26.7 min
+
+
+def test_training_curves_read_the_trainers_metric_names(run_dir: Path):
+    (run_dir / "locca").mkdir(exist_ok=True)
+    rows = [{"step": s, "cap/loss": 5.0 / s, "aref/loss": 6.0 / s, "gcap/loss": 7.0 / s}
+            for s in (1, 2, 3)]
+    (run_dir / "locca" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert demo_report.training_curves(run_dir) is not None
+    assert demo_report.training_curves(run_dir / "nowhere") is None

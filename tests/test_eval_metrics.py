@@ -30,6 +30,11 @@ def test_acc_at_half_counts_exact_threshold_and_malformed():
     assert s["acc"] == pytest.approx(2 / 5)  # exact 0.5 is a hit (>=), None and degenerate miss
     assert s["malformed"] == pytest.approx(1 / 5)
     assert s["count"] == 5
+    # Centres inside gt: gt, exactly_half, just_below; the degenerate (0.3, 0.3) point is inside
+    # too (pointing ignores extent); None never points.
+    assert s["pointing"] == pytest.approx(4 / 5)
+    far = rec_scores([[0.6, 0.6, 0.9, 0.9], [0.0, 0.4, 0.2, 0.9]], [gt] * 2)
+    assert far["pointing"] == 0.0  # centres (0.75, 0.75) and (0.1, 0.65): outside [0, 0.5]^2
     with pytest.raises(ValueError):
         rec_scores([gt], [gt, gt])
 

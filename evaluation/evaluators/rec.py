@@ -3,7 +3,8 @@
 Config (ConfigDict): refs (refs(unc).p / refs(umd).p / refs(google).p or refs.json), instances
 (COCO instances.json), images (image dir), splits (default val/testA/testB), constrained (force
 4 location tokens + EOS with y2 >= y1, x2 >= x1; default True), batch_size, max_per_split (0: all).
-Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/count", "problems/*".
+Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/pointing",
+"{split}/count", "problems/*".
 Also writes every prediction to WORKDIR/eval/predictions/rec_{split}_step{step}.jsonl (image,
 sentence, predicted and true boxes, IoU) for galleries and error analysis.
 """

@@ -38,4 +38,5 @@ def split_metrics(split: str, examples: Sequence[RecExample],
                   preds: Sequence[np.ndarray | None]) -> list[tuple[str, float]]:
     s = rec_scores(preds, [e.box for e in examples])
     return [(f"{split}/acc@0.5", s["acc"]), (f"{split}/miou", s["miou"]),
-            (f"{split}/malformed", s["malformed"]), (f"{split}/count", s["count"])]
+            (f"{split}/malformed", s["malformed"]), (f"{split}/pointing", s["pointing"]),
+            (f"{split}/count", s["count"])]

@@ -5,7 +5,7 @@ Config: refs, instances, images; train_split ("train"), splits (("val", "testA",
 encoder ("checkpoint" or an .npz path, see features.py); decoder: width, depth, num_heads,
 mlp_dim, max_len, steps, batch_size, learning_rate, warmup, seed (transfer_decoder.DecoderSpec);
 report_untrained (also score the decoder before training: the floor the protocol must beat).
-Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/count",
+Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/pointing", "{split}/count",
 "train/loss_first", "train/loss_last", "train/examples", optional "{split}/acc@0.5_untrained".
 """
 
