@@ -39,7 +39,7 @@ def test_sigma_schedule_anneals_from_start_to_end_then_holds():
     assert values[0] == pytest.approx(96.0)
     assert values[2] == pytest.approx(50.0)  # cosine midpoint
     assert values[4] == pytest.approx(4.0) and values[5] == pytest.approx(4.0)
-    assert all(a > b for a, b in zip(values[:4], values[1:5]))
+    assert all(a > b for a, b in zip(values[:4], values[1:5], strict=True))
     # No annealing asked for: a constant Python float, so the one-hot fast path stays static.
     assert sigma_schedule(0.0, 0.0, 100)(jnp.asarray(5)) == 0.0
     assert isinstance(sigma_schedule(8.0, 8.0, 100)(jnp.asarray(5)), float)

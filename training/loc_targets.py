@@ -19,7 +19,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
 # Below this width (in bins) a traced sigma is treated as this: the Gaussian is then one-hot to
 # float32 precision (the neighbours get exp(-0.5 / 0.05**2) = 0), without dividing by zero.
 _MIN_TRACED_SIGMA = 0.05
