@@ -69,7 +69,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.augment.min_visible = 0.5  # a box keeps >= this fraction of its area or is dropped
     c.augment.flip = False  # horizontal flip with prob 0.5; swaps "left"/"right" in the texts
     c.augment.flip_prob = 0.5
-    c.read_threads = 4  # threads per process (or per worker) computing elements
+    # Threads per process (or per worker), each computing whole batches. On a small CPU host
+    # (2 cores) use no worker processes (the trainer's data.num_workers=0): OpenCV's decode
+    # releases the GIL, so 2-4 threads keep both cores busy without the workers' shared-memory
+    # copy (measured 0.74-0.82 of the raw Pillow rate at 224 px vs 0.52-0.81 with 2 workers on a
+    # loaded 2-core machine; tests/benchmarks/README.md, loader_throughput).
+    c.read_threads = 4
     c.prefetch_batches = 4  # batches each reader keeps ready
     return c
 
