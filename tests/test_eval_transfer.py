@@ -55,3 +55,18 @@ def test_every_evaluator_runs_on_the_sample_corpus(setup):
                    ("gcap", "val", "exact_match"), ("linear_probe", "dominant_shape", "accuracy")]:
         assert needed in names
     assert all(0.0 <= r["value"] <= 1.0 for r in rows if r["metric"] in ("acc@0.5", "accuracy"))
+    # The constant-box floor next to the model's REC: the mean train-split box for every
+    # expression, recomputed here from the corpus files.
+    import numpy as np
+
+    from evaluation.data.refcoco import load_rec
+    from evaluation.metrics import rec_scores
+
+    data = load_rec(eval_dir / "refs.json", eval_dir / "instances.json", eval_dir / "images")
+    mean_box = np.mean([e.box for e in data.split("train")], axis=0)
+    val = [e.box for e in data.split("val")][:4]  # max_per_split=4
+    want = rec_scores([mean_box] * len(val), val)
+    got = {r["metric"]: r["value"] for r in rows if r["evaluator"] == "rec" and r["split"] == "val"}
+    assert got["pointing_prior"] == pytest.approx(want["pointing"])
+    assert got["miou_prior"] == pytest.approx(want["miou"])
+    assert "pointing" in got and "acc@0.5_prior" in got

@@ -3,8 +3,11 @@
 Config (ConfigDict): refs (refs(unc).p / refs(umd).p / refs(google).p or refs.json), instances
 (COCO instances.json), images (image dir), splits (default val/testA/testB), constrained (force
 4 location tokens + EOS with y2 >= y1, x2 >= x1; default True), batch_size, max_per_split (0: all).
+prior_split (default "train"; "" = off): its mean box, answered for every expression, is
+reported as "{split}/acc@0.5_prior", "{split}/miou_prior", "{split}/pointing_prior", the floor
+a model must beat to show it localises anything.
 Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/pointing",
-"{split}/count", "problems/*".
+"{split}/count", "problems/*" and the prior rows.
 Also writes every prediction to WORKDIR/eval/predictions/rec_{split}_step{step}.jsonl (image,
 sentence, predicted and true boxes, IoU) for galleries and error analysis.
 """
@@ -32,7 +35,13 @@ class Evaluator:
         self.config = config
         self.run_ = run
         splits = tuple(config.get("splits", ("val", "testA", "testB")))
-        self.data = load_rec(config.refs, config.instances, config.images, splits=splits)
+        prior_split = config.get("prior_split", "train")
+        self.data = load_rec(config.refs, config.instances, config.images,
+                             splits=tuple(dict.fromkeys((*splits, prior_split))))
+        # The floor a model must beat to show it localises anything: one constant box, the mean
+        # of the prior split's boxes, answered for every expression (no image, no text).
+        prior = [e.box for e in self.data.split(prior_split)] if prior_split else []
+        self.prior_box = np.mean(prior, axis=0) if prior else None
         limit = int(config.get("max_per_split", 0))
         self.splits = {}
         for s in splits:
@@ -64,6 +73,10 @@ class Evaluator:
         for split, examples in self.splits.items():
             preds = predict_boxes(examples, encode, gen, tok, self.predictor.batch_size)
             yield from split_metrics(split, examples, preds)
+            if self.prior_box is not None:
+                for name, value in split_metrics(split, examples, [self.prior_box] * len(preds)):
+                    if name.endswith(("/acc@0.5", "/miou", "/pointing")):
+                        yield f"{name}_prior", value
             self._write_predictions(ctx.step, split, examples, preds)
         yield from base.problems_metrics(self.data.problems)
 
