@@ -124,16 +124,29 @@ def test_cider_target_needs_a_captioner_that_learned(tmp_path: Path):
     assert target["value"] == 0.0 and not target["passed"]
 
 
-def test_time_target_sums_the_stage_markers_without_the_report(run_dir: Path):
-    for name, seconds in (("train_locca", 600.0), ("eval_locca", 500.0), ("report", 9999.0)):
-        (run_dir / "stages" / f"{name}.json").write_text(
-            json.dumps(dict(command=f"python {name}", seconds=seconds)))
+def test_time_target_needs_every_stage_at_default_sizes(run_dir: Path, monkeypatch):
+    monkeypatch.setattr(demo, "RUN_DIR", run_dir)
+    assert set(demo_report.TIMED_STAGES) == {s.name for s in demo.stages()} - {"report"}
+
+    def mark(name, seconds, default=True):
+        (run_dir / "stages" / f"{name}.json").write_text(json.dumps(
+            dict(command=f"python {name}", seconds=seconds, default_sizes=default)))
+
+    for name in demo_report.TIMED_STAGES:
+        mark(name, 60.0)
+    mark("report", 9999.0)  # not counted
     t = demo_report.build(run_dir)["targets"]["demo_time"]
-    assert t["value"] == pytest.approx((1.0 + 600.0 + 500.0) / 60)  # corpus.json has 1 s
-    assert t["passed"]
-    (run_dir / "stages" / "eval_cap.json").write_text(
-        json.dumps(dict(command="python eval_cap", seconds=500.0)))
-    assert not demo_report.build(run_dir)["targets"]["demo_time"]["passed"]  # 26.7 min
+    assert t["value"] == pytest.approx(7.0) and t["passed"]
+    mark("eval_cap", 60.0 * 19)  # 6 + 19 = 25 min: still within
+    assert demo_report.build(run_dir)["targets"]["demo_time"]["passed"]
+    mark("eval_cap", 60.0 * 19 + 1)
+    assert not demo_report.build(run_dir)["targets"]["demo_time"]["passed"]
+    mark("eval_cap", 60.0, default=False)  # a reduced run (DEMO_NUM_TRAIN=...) proves nothing
+    assert not demo_report.build(run_dir)["targets"]["demo_time"]["passed"]
+    mark("eval_cap", 60.0)
+    (run_dir / "stages" / "train_cap.json").unlink()  # a stage that never finished
+    t = demo_report.build(run_dir)["targets"]["demo_time"]
+    assert not t["passed"] and not t["complete"]
 
 
 def test_training_curves_read_the_trainers_metric_names(run_dir: Path):

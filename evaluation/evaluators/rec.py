@@ -3,9 +3,12 @@
 Config (ConfigDict): refs (refs(unc).p / refs(umd).p / refs(google).p or refs.json), instances
 (COCO instances.json), images (image dir), splits (default val/testA/testB), constrained (force
 4 location tokens + EOS with y2 >= y1, x2 >= x1; default True), batch_size, max_per_split (0: all).
-prior_split (default "train"; "" = off): its mean box, answered for every expression, is
-reported as "{split}/acc@0.5_prior", "{split}/miou_prior", "{split}/pointing_prior", the floor
-a model must beat to show it localises anything.
+prior_split (default "train"; "" = off): the mean box of its referred objects, answered for every
+expression, is reported as "{split}/acc@0.5_prior", "{split}/miou_prior", "{split}/pointing_prior",
+the floor a model must beat to show it localises anything.
+With `constrained`, decoding cannot produce a malformed box (4 location tokens, ordered edges), so
+"malformed" is ~0 by construction; figures from before box_order (2026-11-30) could be malformed
+where the same model now gets its best well-formed box.
 Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/pointing",
 "{split}/count", "problems/*" and the prior rows.
 Also writes every prediction to WORKDIR/eval/predictions/rec_{split}_step{step}.jsonl (image,
@@ -30,18 +33,28 @@ from evaluation.predict import box_constraint
 from model.tasks import NUM_BINS as NUM_LOC
 
 
+def _prior_box(config: ml_collections.ConfigDict, split: str) -> np.ndarray | None:
+    """The floor a model must beat to show it localises anything: one constant box, the mean box
+    of the referred objects of `split` (each object once), answered for every expression.
+
+    Loaded on its own (no image files needed, its problems not counted with the scored splits').
+    None when the split is off ("") or has no refs.
+    """
+    if not split:
+        return None
+    prior = load_rec(config.refs, config.instances, config.images, splits=(split,),
+                     check_images=False)
+    boxes = {e.ref_id: e.box for e in prior.examples}
+    return np.mean(list(boxes.values()), axis=0) if boxes else None
+
+
 class Evaluator:
     def __init__(self, config: ml_collections.ConfigDict, run: TrainRun, shared: dict):
         self.config = config
         self.run_ = run
         splits = tuple(config.get("splits", ("val", "testA", "testB")))
-        prior_split = config.get("prior_split", "train")
-        self.data = load_rec(config.refs, config.instances, config.images,
-                             splits=tuple(dict.fromkeys((*splits, prior_split))))
-        # The floor a model must beat to show it localises anything: one constant box, the mean
-        # of the prior split's boxes, answered for every expression (no image, no text).
-        prior = [e.box for e in self.data.split(prior_split)] if prior_split else []
-        self.prior_box = np.mean(prior, axis=0) if prior else None
+        self.data = load_rec(config.refs, config.instances, config.images, splits=splits)
+        self.prior_box = _prior_box(config, config.get("prior_split", "train"))
         limit = int(config.get("max_per_split", 0))
         self.splits = {}
         for s in splits:

@@ -99,8 +99,9 @@ def _base() -> ml_collections.ConfigDict:
 def _tiny(c: ml_collections.ConfigDict) -> None:
     """python training/run.py --config training/configs/locca.py:tiny --workdir runs/demo/locca
 
-    Expect the summed loss to fall from ~22 (3 x ln V) to under ~9 within a few hundred steps
-    and `aref` to emit well-formed boxes by the end. 700 steps x 32 = 22k examples: ~6-7 min at
+    Expect the summed loss to fall from ~22 (3 x ln V) to ~9.5 within a few hundred steps (the
+    soft location targets keep a floor under the aref/gcap terms) and `aref` to emit well-formed
+    boxes by the end. 700 steps x 32 = 22k examples: ~6-7 min at
     the ~60 examples/s an idle 2-core CPU gives (the demo's budget).
     """
     c.total_steps = 700
@@ -111,8 +112,8 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     # Fixed 2-D sin/cos position embedding: every patch knows where it is from step 0, which a
     # model that must learn boxes in a few hundred steps cannot afford to learn first.
     c.model.posemb = "sincos2d"
-    # Location targets: a Gaussian over bins, 128 bins wide at first (about one 16 px patch of a
-    # 112 px image, the precision the model can reach early) and 8 at the end. Measured on the
+    # Location targets: a Gaussian over bins with sigma 128 bins at first (a 16 px patch of a
+    # 112 px image spans ~146 bins: the precision the model can reach early) and 8 at the end. Measured on the
     # demo corpus (README "Status"): one-hot targets left box centres uncorrelated with the truth
     # after 600 steps; the annealed targets raised the centre correlation to ~0.2-0.45 over
     # 600-1200 steps. Neither localises well enough for Acc@0.5 at this budget.
