@@ -128,15 +128,38 @@ def _encode_phrase(tok: TokenizerLike, phrase: str) -> list[int]:
     return ids
 
 
-def _pack(tok: TokenizerLike, prefix: list[int], target: list[int], max_len: int, active: bool):
-    seq = [tok.bos_id, *prefix, *target] + ([tok.eos_id] if active else [])
+def _fill(
+    tok: TokenizerLike,
+    prefix: list[int],
+    target: list[int] | None,
+    max_len: int,
+    seq_out: np.ndarray,
+    mask_out: np.ndarray,
+) -> None:
+    """Writes one task's row: [BOS] + prefix + target + [EOS] and the loss mask on target + EOS.
+
+    target None: a task not trained, [BOS] + prefix[: max_len - 1], no EOS, no loss (see empty()).
+    seq_out: int32[L + 1] filled with pad_id; mask_out: float32[L] of zeros (both written in
+    place, so format_example can fill rows of one block and format_task fresh arrays).
+    """
+    if target is None:
+        seq = [tok.bos_id, *prefix[: max_len - 1]]
+    else:
+        seq = [tok.bos_id, *prefix, *target, tok.eos_id]
     if len(seq) > max_len + 1:
         raise ValueError(f"sequence of {len(seq)} tokens does not fit max_len={max_len}")
-    arr = np.array(seq + [tok.pad_id] * (max_len + 1 - len(seq)), np.int32)
+    seq_out[: len(seq)] = seq
+    if target is not None:
+        mask_out[len(prefix) : len(prefix) + len(target) + 1] = 1.0  # target tokens and the EOS
+
+
+def _pack(
+    tok: TokenizerLike, prefix: list[int], target: list[int] | None, max_len: int
+) -> Formatted:
+    seq = np.full(max_len + 1, tok.pad_id, np.int32)
     mask = np.zeros(max_len, np.float32)
-    if active:
-        mask[len(prefix) : len(prefix) + len(target) + 1] = 1.0  # target tokens and the EOS
-    return Formatted(arr[:-1].copy(), arr[1:].copy(), mask)
+    _fill(tok, prefix, target, max_len, seq, mask)
+    return Formatted(seq[:-1].copy(), seq[1:].copy(), mask)
 
 
 def empty(task: str, tok: TokenizerLike, max_len: int) -> Formatted:
@@ -148,7 +171,7 @@ def empty(task: str, tok: TokenizerLike, max_len: int) -> Formatted:
     cache = tok.__dict__.setdefault("_locca_empty_cache", {})
     key = (task, max_len)
     if key not in cache:
-        f = _pack(tok, _prefix(tok, task)[: max_len - 1], [], max_len, active=False)
+        f = _pack(tok, _prefix(tok, task), None, max_len)
         for a in (f.inputs, f.targets, f.loss_mask):
             a.setflags(write=False)
         cache[key] = f
@@ -195,14 +218,27 @@ def format_task(
     box: Sequence[float] | None = None,
 ) -> Formatted:
     """Formats one task. Text beyond max_len is cut; a box never is (see module docstring)."""
+    prefix, target = _task_ids(tok, task, max_len, caption=caption, phrase=phrase, box=box)
+    if target is None:
+        return empty(task, tok, max_len)
+    return _pack(tok, prefix, target, max_len)
+
+
+def _task_ids(
+    tok: TokenizerLike,
+    task: str,
+    max_len: int,
+    *,
+    caption: str = "",
+    phrase: str = "",
+    box: Sequence[float] | None = None,
+) -> tuple[list[int], list[int] | None]:
+    """(prefix ids, target ids or None when the task does not fit max_len) of one trained task."""
     prefix = _prefix(tok, task)
     budget = max_len - len(prefix) - 1  # room for target tokens; BOS and EOS take the rest
     if budget < 0:
-        return empty(task, tok, max_len)
-    target = target_ids(task, tok, caption=caption, phrase=phrase, box=box, budget=budget)
-    if target is None:
-        return empty(task, tok, max_len)
-    return _pack(tok, prefix, target, max_len, active=True)
+        return prefix, None
+    return prefix, target_ids(task, tok, caption=caption, phrase=phrase, box=box, budget=budget)
 
 
 def choose_tasks(
@@ -240,29 +276,22 @@ def format_example(
     chosen = choose_tasks(rng, has_regions, task_mix, weights)
     # Draw both regions whatever was chosen, so the rng stream does not depend on the task mix.
     picks = rng.integers(0, len(phrases), size=2).tolist() if has_regions else [0, 0]
-    # Same sequences as format_task / empty() per task, written into one [T, L + 1] token block
-    # and one [T, L] mask block: two allocations per example instead of four per task (the
-    # per-example cost of many small numpy arrays showed in the loader's profile). The returned
-    # arrays are row views of those blocks.
+    # Same rows as format_task / empty() (both fill through _fill), written into one [T, L + 1]
+    # token block and one [T, L] mask block: two allocations per example instead of four per task
+    # (the per-example cost of many small numpy arrays showed in the loader's profile). The
+    # returned arrays are row views of those blocks.
     seqs = np.full((len(TASKS), max_len + 1), tok.pad_id, np.int32)
     mask = np.zeros((len(TASKS), max_len), np.float32)
     out: dict[str, Any] = {"has_regions": np.bool_(has_regions)}
     for row, task in enumerate(TASKS):
-        prefix = _prefix(tok, task)
-        budget = max_len - len(prefix) - 1  # as in format_task
-        target = None
-        if task in chosen and budget >= 0:
-            if task == "cap":
-                target = target_ids("cap", tok, caption=caption, budget=budget)
-            else:
-                i = picks[0 if task == "aref" else 1]
-                target = target_ids(task, tok, phrase=phrases[i], box=boxes[i], budget=budget)
-        if target is None:  # empty(): [BOS] + prefix, no EOS, no loss
-            seq = [tok.bos_id, *prefix[: max_len - 1]]
+        if task not in chosen:
+            prefix, target = _prefix(tok, task), None
+        elif task == "cap":
+            prefix, target = _task_ids(tok, "cap", max_len, caption=caption)
         else:
-            seq = [tok.bos_id, *prefix, *target, tok.eos_id]
-            mask[row, len(prefix) : len(prefix) + len(target) + 1] = 1.0  # target and EOS
-        seqs[row, : len(seq)] = seq
+            i = picks[0 if task == "aref" else 1]
+            prefix, target = _task_ids(tok, task, max_len, phrase=phrases[i], box=boxes[i])
+        _fill(tok, prefix, target, max_len, seqs[row], mask[row])
         out[f"{task}/inputs"], out[f"{task}/targets"] = seqs[row, :-1], seqs[row, 1:]
         out[f"{task}/loss_mask"] = mask[row]
     return out

@@ -69,12 +69,16 @@ def test_opencv_decode_equals_pillow(shape, save):
 
 
 def test_opencv_decode_equals_pillow_on_photos(coco_mini):
+    fast_count = 0
     for path in sorted((coco_mini / "train2017").glob("*.jpg"))[:6]:
         blob = path.read_bytes()
         for min_side in (None, 224, 100):
             fast = pp.decode_jpeg_fast(blob, min_side)
             if fast is not None:  # a photo with trailing bytes or an Adobe marker uses Pillow
+                fast_count += 1
                 assert np.array_equal(fast, _pillow(blob, min_side)), (path.name, min_side)
+    # Without this the test would pass with every photo declined to Pillow (nothing compared).
+    assert fast_count > 0, "no coco-mini photo took the OpenCV path"
 
 
 def test_exif_orientation_is_ignored_like_pillow():
@@ -142,6 +146,9 @@ def test_training_fields_equal_full_decode(n):
     assert got.phrases == full.phrases
     assert got.boxes.dtype == np.float32 and np.array_equal(got.boxes, full.boxes)
     assert got.boxes.shape == (n, 4)
+    via = record_lib.TrainingFields.from_record(full)  # what data.check_records=True uses
+    assert via.image == got.image and via.caption == got.caption and via.phrases == got.phrases
+    assert np.array_equal(via.boxes, got.boxes)
 
 
 def _tamper(blob: bytes, edit) -> bytes:

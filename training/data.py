@@ -147,8 +147,7 @@ class ExampleTransform(grain.transforms.RandomMap):
     def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
         try:
             if self.check_records:
-                rec = record_lib.decode(element)
-                fields = record_lib.TrainingFields(rec.image, rec.caption, rec.boxes, rec.phrases)
+                fields = record_lib.TrainingFields.from_record(record_lib.decode(element))
             else:
                 fields = record_lib.decode_training_fields(element)
             if self.fused_resize is not None:
