@@ -71,11 +71,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.augment.flip_prob = 0.5
     # Threads per process (or per worker), each computing whole batches. On a small CPU host
     # (2 cores) use no worker processes (the trainer's data.num_workers=0): OpenCV's decode
-    # releases the GIL, so 2-4 threads keep both cores busy without the workers' shared-memory
-    # copy (measured 0.74-0.82 of the raw Pillow rate at 224 px vs 0.52-0.81 with 2 workers on a
-    # loaded 2-core machine; tests/benchmarks/README.md, loader_throughput).
+    # releases the GIL, so 2-4 threads use both cores without the workers' shared-memory copy
+    # (annotate --store_max_side 224 images on a 2-core machine: 2,923-3,477/s with 2 threads vs
+    # 1,703-2,587/s with 2 workers, best rounds of two runs; tests/benchmarks/README.md,
+    # loader_throughput).
     c.read_threads = 4
-    c.prefetch_batches = 4  # batches each reader keeps ready
+    c.prefetch_batches = 4  # batches each process (or worker) keeps ready or in flight
     return c
 
 
