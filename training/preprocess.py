@@ -47,24 +47,20 @@ def _open(data: bytes, min_side: int | None) -> Image.Image:
 
 
 def decode_resized(data: bytes, size: int, fast: bool = False) -> np.ndarray:
-    """decode_image(data, size) + Resize(size, fast) (no crop): uint8[size, size, 3].
+    """decode_image(data, size) + Resize(size, fast) (no crop): uint8[size, size, 3]."""
+    return resize(decode_image(data, size), size, fast)
 
-    Same pixels as the two ops in sequence, minus an array round trip per image.
+
+def resize(image: np.ndarray, size: int, fast: bool = False) -> np.ndarray:
+    """uint8[H, W, 3] -> uint8[size, size, 3] (squashed; the same array when already that size).
+
+    fast=False: Pillow antialiased bilinear; True: resize_fast (evaluation/images.py follows both).
     """
-    image = decode_jpeg_fast(data, size)
-    if image is None:
-        img = _open(data, size)
-        if img.size == (size, size):
-            return np.asarray(img)
-        if not fast:
-            return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
-        image = np.asarray(img)
     if image.shape[:2] == (size, size):
         return image
     if fast:
         return resize_fast(image, size)
-    pil = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(pil)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 # JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
@@ -188,22 +184,14 @@ def _cv2():
 class Resize:
     """Squashes the image to size x size (aspect not kept, boxes unchanged since normalized).
 
-    fast=False: Pillow antialiased bilinear; True: resize_fast (evaluation/images.py follows both).
+    fast: see `resize`.
     """
 
     size: int
     fast: bool = False
 
     def __call__(self, features: Features, rng: np.random.Generator | None = None) -> Features:
-        image = features["image"]
-        if image.shape[:2] != (self.size, self.size):
-            if self.fast:
-                image = resize_fast(image, self.size)
-            else:
-                pil = Image.fromarray(image).resize((self.size, self.size),
-                                                    Image.Resampling.BILINEAR)
-                image = np.asarray(pil)
-        return {**features, "image": image}
+        return {**features, "image": resize(features["image"], self.size, self.fast)}
 
 
 def crop_boxes(
