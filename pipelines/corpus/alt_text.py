@@ -147,6 +147,13 @@ def _casing(text: str, rng: np.random.Generator) -> str:
     return text
 
 
+def _pick_template(weighted: tuple[tuple[str, int], ...], rng: np.random.Generator) -> str:
+    """One template of (template, weight) pairs, drawn in proportion to the weights."""
+    templates, weights = zip(*weighted, strict=True)
+    p = np.asarray(weights, np.float64)
+    return templates[int(rng.choice(len(templates), p=p / p.sum()))]
+
+
 def _background(scene: RenderedScene, rng: np.random.Generator) -> str:
     bg_color = scene.spec.background_color
     return str(rng.choice(BACKGROUND_WORDS[scene.spec.background])).format(color=bg_color)
@@ -219,9 +226,7 @@ def referring_alt_text(scene: RenderedScene, rng: np.random.Generator) -> AltTex
         use = [i for i in use if i not in losing]
     if not use:
         return None
-    templates, weights = zip(*REFEXP_TEMPLATES, strict=True)
-    p = np.asarray(weights, np.float64)
-    template = templates[int(rng.choice(len(templates), p=p / p.sum()))]
+    template = _pick_template(REFEXP_TEMPLATES, rng)
     text = template.format(
         refs=_join(mentions, rng), bg=_background(scene, rng), n=rng.integers(1000, 9999)
     )
@@ -239,9 +244,7 @@ def plain_alt_text(scene: RenderedScene, rng: np.random.Generator) -> str:
         if p not in phrases:  # "red star and red star" reads as a generator bug, not as web text
             phrases.append(p)
     bg = _background(scene, rng)
-    templates, weights = zip(*TEMPLATES, strict=True)
-    p = np.asarray(weights, np.float64)
-    template = templates[int(rng.choice(len(templates), p=p / p.sum()))]
+    template = _pick_template(TEMPLATES, rng)
     if "{count}" in template and len(phrases) == 1:
         template = "{alist} on {bg}"  # "one colorful shapes" is not even web English
     text = template.format(
