@@ -24,16 +24,21 @@ import jax.numpy as jnp
 _MIN_TRACED_SIGMA = 0.05
 
 
+def is_one_hot(sigma: float | jax.Array) -> bool:
+    """Whether `sigma` is a static (Python number) width <= 0: plain one-hot targets, no Gaussian
+    computed. A traced sigma (a schedule's value) is never static, whatever its value."""
+    return isinstance(sigma, (int, float)) and sigma <= 0.0
+
+
 def gaussian_bin_targets(bins: jax.Array, num_loc: int, sigma: float | jax.Array) -> jax.Array:
     """bins int[...] in [0, num_loc) -> float32[..., num_loc] distributions peaked at each bin.
 
     sigma is in bins: a Python float (<= 0 returns the one-hot distribution) or a traced scalar
     (a schedule's value; values near 0 give one-hot).
     """
-    if isinstance(sigma, (int, float)):
-        if sigma <= 0.0:
-            return jax.nn.one_hot(bins, num_loc, dtype=jnp.float32)
-    else:
+    if is_one_hot(sigma):
+        return jax.nn.one_hot(bins, num_loc, dtype=jnp.float32)
+    if not isinstance(sigma, (int, float)):
         sigma = jnp.maximum(jnp.asarray(sigma, jnp.float32), _MIN_TRACED_SIGMA)
     k = jnp.arange(num_loc, dtype=jnp.float32)
     d = k - bins[..., None].astype(jnp.float32)
@@ -71,7 +76,7 @@ def loc_soft_xent(logits: jax.Array, targets: jax.Array, *, loc_start: int, num_
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     if label_smoothing:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
-    if num_loc <= 0 or (isinstance(sigma, (int, float)) and sigma <= 0.0):
+    if num_loc <= 0 or is_one_hot(sigma):
         return nll
     bins = targets - loc_start
     is_loc = (bins >= 0) & (bins < num_loc)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from model.tasks import TASKS, parallel_inputs
-from training.loc_targets import loc_soft_xent
+from training.loc_targets import is_one_hot, loc_soft_xent
 
 Batch = Mapping[str, jax.Array]
 
@@ -107,7 +107,7 @@ def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
     logits = model.apply({"params": params}, encoded, inputs,
                          parallel=par if parallel is not None else None, train=train,
                          rngs=rngs, method="decode")
-    if not isinstance(loc_sigma, (int, float)) or loc_sigma > 0.0:
+    if not is_one_hot(loc_sigma):
         xent = loc_soft_xent(logits, targets, loc_start=loc_start, num_loc=num_loc,
                              sigma=loc_sigma, label_smoothing=label_smoothing)
     else:
