@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import ml_collections
@@ -106,10 +107,15 @@ class TrainRun:
         return _flat_shapes(param_shapes(self.model))
 
     def restore_params(self, step_dir: str | epath.Path) -> dict:
-        """Params of one step (float32 on the default device), after the shape check."""
+        """Params of one step (float32 on the default device), after the shape check.
+
+        A relative local step_dir is taken from the working directory (Orbax accepts absolute
+        paths only, and its metadata read of a relative one returns nothing).
+        """
         import jax
         import orbax.checkpoint as ocp
 
+        step_dir = step_dir if "://" in str(step_dir) else os.path.abspath(step_dir)
         params_dir = epath.Path(step_dir) / "params"
         if not params_dir.exists():
             raise FileNotFoundError(f"{params_dir} not found (not a LocCa training checkpoint?)")

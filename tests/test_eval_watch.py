@@ -75,3 +75,24 @@ def test_bad_input_is_one_clear_line(tmp_path, tok):
     r = run_eval(other, tmp_path, variant="stats")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "does not match" in r.stderr and "img/embedding/kernel" in r.stderr
+
+
+def test_checkpoints_restore_from_relative_paths(tmp_path, tok, monkeypatch):
+    """Orbax takes absolute paths only (a relative one made `restore_params` fail with an
+    AttributeError on missing metadata): both restore helpers resolve a relative local path."""
+    import jax
+    import numpy as np
+
+    from evaluation.checkpoint import TrainRun
+    from training.checkpointing import restore_params
+
+    tok_path, t = tok
+    make_workdir(tmp_path / "run", tok_path, t.vocab_size, steps=(1,))
+    monkeypatch.chdir(tmp_path)
+    run = TrainRun.load("run")
+    relative = run.restore_params("run/checkpoints/1")
+    absolute = run.restore_params(tmp_path / "run" / "checkpoints" / "1")
+    trainer_side = restore_params("run/checkpoints/1/params")
+    for other in (absolute, trainer_side):
+        same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), relative, other)
+        assert all(jax.tree.leaves(same))

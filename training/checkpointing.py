@@ -12,6 +12,7 @@ killed mid-save leaves only a tmp dir, which `latest_step` ignores and the next 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import grain
@@ -42,10 +43,12 @@ def restore_params(path: str, sharding: Any = None) -> Any:
 
     Orbax refuses to restore arrays saved under another device topology (a pod's checkpoint on a
     CPU box) without a target, so one is built from the saved shapes with `sharding` (default:
-    the first local device).
+    the first local device). A relative local path is taken from the working directory (Orbax
+    itself accepts absolute paths only).
     """
     import jax
 
+    path = path if "://" in str(path) else os.path.abspath(path)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     ckptr = ocp.StandardCheckpointer()
     meta = ckptr.metadata(epath.Path(path))
