@@ -60,6 +60,13 @@ class Predictor:
 
         self._generate = jax.jit(_gen, static_argnames=("beam_size", "box_order"))
 
+        def _nll(params, encoded, inputs, targets):
+            logits = model.apply({"params": params}, encoded, inputs, method="decode")
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+        self._nll = jax.jit(_nll)
+
     def encode(self, params: Any, images: np.ndarray) -> np.ndarray:
         """float32[B, H, W, 3] -> float32[B, N, D] (host numpy), in fixed-size batches."""
         out = []
@@ -85,6 +92,19 @@ class Predictor:
                                        beam_size=beam_size, box_order=box_order)
             out += generate.generated(np.asarray(tokens)[:n], lens[i : i + n], self.eos_id)
         return out
+
+
+    def token_nll(self, params: Any, encoded: np.ndarray, inputs: np.ndarray,
+                  targets: np.ndarray) -> np.ndarray:
+        """Teacher-forced NLL of every target token: encoded float[B, N, D], inputs/targets
+        int[B, L] -> float32[B, L] (nats; the caller applies its loss mask)."""
+        out = []
+        for i in range(0, len(inputs), self.batch_size):
+            n = len(inputs[i : i + self.batch_size])
+            args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
+                    for a in (encoded, inputs, targets)]
+            out.append(np.asarray(self._nll(params, *map(jnp.asarray, args)))[:n])
+        return np.concatenate(out) if out else np.zeros((0, inputs.shape[1]), np.float32)
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,9 +5,11 @@
 
 Variants (`:name[,key=value...]`, keys: data_dir, batch_size, max_per_split, transfer_steps):
   all       REC (pretrained decoder), REC transfer (frozen encoder + fresh decoder), captioning,
-            grounded captioning, linear probe. On the sample corpus after the demo's training
+            grounded captioning, linear probe, image reliance. On the sample corpus after the demo's training
             budget, REC Acc@0.5 should clearly exceed the untrained floor (~0).
   stats     parameter RMS / count / non-finite (no model run: a cheap health check)
+  reliance  image reliance only: teacher-forced loss with each example's image vs another's
+            (does the decoder read the image at all? see evaluators/image_reliance.py)
   rec       REC only;  transfer  transfer only;  quick  everything at toy sizes (tests, smoke runs)
   transfer_npz  transfer from WORKDIR/encoder.npz (run once with --step; compares exported
             encoders, e.g. a plain captioner's `cap_tiny` run against LocCa's)
@@ -54,6 +56,13 @@ def _gcap(c):
                                           batch_size=c.batch_size))
 
 
+def _reliance(c):
+    return ml_collections.ConfigDict(dict(type="image_reliance", **_data(c),
+                                          captions="{data_dir}/captions.json", split="val",
+                                          max_per_split=c.max_per_split,
+                                          batch_size=c.batch_size))
+
+
 def _probe(c):
     return ml_collections.ConfigDict(dict(type="linear_probe", instances="{data_dir}/instances.json",
                                           images="{images_dir}", refs="{data_dir}/refs.json",
@@ -88,9 +97,11 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
     evals = {
         "all": lambda: dict(param_stats=ml_collections.ConfigDict(dict(type="param_stats")),
                             rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
-                            gcap=_gcap(c), linear_probe=_probe(c)),
+                            gcap=_gcap(c), linear_probe=_probe(c), image_reliance=_reliance(c)),
         "quick": lambda: dict(rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
-                              gcap=_gcap(c), linear_probe=_probe(c)),
+                              gcap=_gcap(c), linear_probe=_probe(c),
+                              image_reliance=_reliance(c)),
+        "reliance": lambda: dict(image_reliance=_reliance(c)),
         "rec": lambda: dict(rec=_rec(c)),
         "stats": lambda: dict(param_stats=ml_collections.ConfigDict(dict(type="param_stats"))),
         "transfer": lambda: dict(rec_transfer=_transfer(c, report_untrained=True)),

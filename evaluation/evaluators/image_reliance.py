@@ -1,0 +1,118 @@
+"""Does the decoder read the image? Teacher-forced loss with the right image vs another one.
+
+For every task the model was trained on, the held-out targets are scored (mean NLL per target token,
+the training loss without label smoothing or soft location targets) twice: with each example's own
+image, and with the image of another example of the split (a different image id, fixed pairing).
+`reliance` is the difference in nats/token: ~0 means the decoder writes the same text whatever
+the image (a language model of the targets plus the box prior); a captioner that sees gains a lot.
+For `aref` the four location tokens are also scored alone (`loc_*`): the direct measure of whether
+the boxes it writes depend on the picture, which REC Acc@0.5 only shows once they are good enough
+to hit.
+
+Data (RefCOCO-format sample splits): cap = the first reference caption of each image of the split
+(captions.json restricted to the split's image ids); aref = `{expression} : {box}` and gcap =
+`{box} : {expression}` for every expression of the split.
+Config: refs, instances, images, captions, split (default "val"), tasks (default cap/aref/gcap),
+batch_size, max_per_split (0: all).
+Yields "{task}/nll", "{task}/nll_other_image", "{task}/reliance", "{task}/count" and for aref
+"aref/loc_nll", "aref/loc_nll_other_image", "aref/loc_reliance"; "problems/*".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import ml_collections
+import numpy as np
+
+from evaluation.checkpoint import TrainRun
+from evaluation.data.coco import load_captions
+from evaluation.data.refcoco import load_rec
+from evaluation.evaluators import base
+from model import tasks
+
+
+def other_image_index(image_ids: Sequence[int]) -> np.ndarray:
+    """int[N]: for each item, an item with a different image id (the one half the list away, or
+    the next one after it that differs); all -1 when every item shows the same image."""
+    ids = list(image_ids)
+    n = len(ids)
+    out = np.full(n, -1, np.int64)
+    for i in range(n):
+        for k in range(n):
+            j = (i + n // 2 + k) % n
+            if ids[j] != ids[i]:
+                out[i] = j
+                break
+    return out
+
+
+class Evaluator:
+    def __init__(self, config: ml_collections.ConfigDict, run: TrainRun, shared: dict):
+        self.run_ = run
+        tok = run.tokenizer
+        max_len = int(run.model_config.max_len)
+        split = config.get("split", "val")
+        limit = int(config.get("max_per_split", 0))
+        wanted = tuple(config.get("tasks", tasks.TASKS))
+        unknown = sorted(set(wanted) - set(tasks.TASKS))
+        if unknown:
+            raise ValueError(f"image_reliance: unknown task(s) {unknown}; expected {tasks.TASKS}")
+        rec = load_rec(config.refs, config.instances, config.images, splits=(split,))
+        self.problems = rec.problems
+        exprs = rec.split(split)[: limit or None]
+        # (image path, image id, Formatted) rows per task.
+        self.rows: dict[str, list[tuple[str, int, tasks.Formatted]]] = {}
+        if "cap" in wanted:
+            caps = load_captions(config.captions, config.images,
+                                 image_ids={e.image_id for e in rec.split(split)})
+            self.problems.update(caps.problems)
+            ids = sorted(caps.image_paths)[: limit or None]
+            self.rows["cap"] = [
+                (caps.image_paths[k], k,
+                 tasks.format_task("cap", tok, max_len=max_len, caption=caps.references[k][0]))
+                for k in ids]
+        for task in ("aref", "gcap"):
+            if task in wanted:
+                self.rows[task] = [
+                    (e.image_path, e.image_id,
+                     tasks.format_task(task, tok, max_len=max_len, phrase=e.sentence, box=e.box))
+                    for e in exprs]
+        self.predictor = base.shared_predictor(run, shared, int(config.get("batch_size", 32)))
+        self.images = base.shared_images(run, shared)
+
+    def _nll(self, params, rows, image_order: np.ndarray) -> np.ndarray:
+        """float32[N, L] token NLL of the rows, row i decoded against the image of row
+        image_order[i]."""
+        paths = [rows[j][0] for j in image_order]
+        inputs = np.stack([r[2].inputs for r in rows])
+        targets = np.stack([r[2].targets for r in rows])
+        out = []
+        step = self.predictor.batch_size
+        for i in range(0, len(rows), step):
+            enc = self.predictor.encode(params, self.images.batch(paths[i : i + step]))
+            out.append(self.predictor.token_nll(params, enc, inputs[i : i + step],
+                                                targets[i : i + step]))
+        return np.concatenate(out)
+
+    def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
+        tok = self.run_.tokenizer
+        loc_lo, loc_hi = tok.loc_start, tok.loc_start + tasks.NUM_BINS
+        for task, rows in self.rows.items():
+            other = other_image_index([r[1] for r in rows])
+            if not len(rows) or other[0] < 0:  # one image only: there is no "other" image
+                continue
+            mask = np.stack([r[2].loss_mask for r in rows]) > 0
+            own = self._nll(ctx.params, rows, np.arange(len(rows)))
+            swapped = self._nll(ctx.params, rows, other)
+            masks = {"": mask}
+            if task == "aref":
+                targets = np.stack([r[2].targets for r in rows])
+                masks["loc_"] = mask & (targets >= loc_lo) & (targets < loc_hi)
+            for prefix, m in masks.items():
+                a, b = float(own[m].mean()), float(swapped[m].mean())
+                yield f"{task}/{prefix}nll", a
+                yield f"{task}/{prefix}nll_other_image", b
+                yield f"{task}/{prefix}reliance", b - a
+            yield f"{task}/count", float(len(rows))
+        yield from base.problems_metrics(self.problems)

@@ -1,0 +1,98 @@
+"""The image-reliance evaluator: its losses equal the trainer's own loss on the same rows, a decoder
+cut off from the image relies on it by exactly zero, and the "other image" is always another one."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+from test_eval_fixtures import make_corpus, make_tokenizer, make_workdir
+
+from evaluation.checkpoint import TrainRun
+from evaluation.evaluators import base
+from evaluation.evaluators.image_reliance import other_image_index
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliance")
+    eval_dir = make_corpus(root / "corpus", num_eval=24)
+    tok = make_tokenizer(eval_dir, root / "tok.model")
+    make_workdir(root / "run", root / "tok.model", tok.vocab_size, steps=(1,))
+    run = TrainRun.load(str(root / "run"))
+    cfg = ml_collections.ConfigDict(dict(
+        type="image_reliance", refs=str(eval_dir / "refs.json"),
+        instances=str(eval_dir / "instances.json"), images=str(eval_dir / "images"),
+        captions=str(eval_dir / "captions.json"), split="val", max_per_split=10, batch_size=4))
+    evaluator = base.build("image_reliance", cfg, run, {})
+    from model.locca import init_params
+
+    # The trained-from-zero output layer would make every logit 0 (NLL = log V whatever the image):
+    # random output weights make the loss depend on the decoder state, hence on the image.
+    flat = traverse_util.flatten_dict(init_params(run.model, jax.random.key(3)), sep="/")
+    kernel = flat["txt/LogitsDense/kernel"]
+    flat["txt/LogitsDense/kernel"] = jax.random.normal(jax.random.key(4), kernel.shape) * 0.5
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    return run, evaluator, params, root
+
+
+def _metrics(setup, params) -> dict[str, float]:
+    run, evaluator, _, root = setup
+    ctx = base.StepContext(1, root / "run" / "checkpoints" / "1", run, params)
+    return dict(evaluator.run(ctx))
+
+
+def _trainer_loss(run, evaluator, params, task: str, image_order) -> float:
+    """The training loss (training/model_fns.loss_fn, one task, hard targets) on the same rows."""
+    from training import model_fns
+
+    rows = evaluator.rows[task]
+    images = evaluator.images.batch([rows[j][0] for j in image_order])
+    batch = {"image": jnp.asarray(images)}
+    for key in ("inputs", "targets", "loss_mask"):
+        batch[f"{task}/{key}"] = jnp.asarray(np.stack([getattr(r[2], key) for r in rows]))
+    _, aux = model_fns.loss_fn(params, run.model, batch, jax.random.key(0),
+                               task_weights={task: 1.0}, train=False)
+    return float(aux[f"{task}/loss"])
+
+
+def test_losses_equal_the_trainers_loss(setup):
+    run, evaluator, params, _ = setup
+    m = _metrics(setup, params)
+    for task in ("cap", "aref", "gcap"):
+        rows = evaluator.rows[task]
+        other = other_image_index([r[1] for r in rows])
+        assert m[f"{task}/count"] == len(rows) > 1
+        own = _trainer_loss(run, evaluator, params, task, np.arange(len(rows)))
+        swapped = _trainer_loss(run, evaluator, params, task, other)
+        assert m[f"{task}/nll"] == pytest.approx(own, rel=1e-4)
+        assert m[f"{task}/nll_other_image"] == pytest.approx(swapped, rel=1e-4)
+        assert m[f"{task}/reliance"] == pytest.approx(swapped - own, abs=1e-4)
+    # Location tokens alone: a subset of the aref targets, scored separately.
+    assert {"aref/loc_nll", "aref/loc_nll_other_image", "aref/loc_reliance"} <= set(m)
+    assert m["aref/loc_nll"] != pytest.approx(m["aref/nll"])
+
+
+def test_a_decoder_cut_off_from_the_image_relies_on_it_by_zero(setup):
+    _, _, params, _ = setup
+    seeing = _metrics(setup, params)
+    assert abs(seeing["cap/reliance"]) > 1e-3, seeing  # random cross-attention reads the image
+    flat = traverse_util.flatten_dict(params, sep="/")
+    for name in flat:
+        if "/CrossAttn/out/" in name:
+            flat[name] = jnp.zeros_like(flat[name])
+    blind = _metrics(setup, traverse_util.unflatten_dict(flat, sep="/"))
+    for task in ("cap", "aref", "gcap"):
+        assert blind[f"{task}/reliance"] == pytest.approx(0.0, abs=1e-6)
+    assert blind["aref/loc_reliance"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_other_image_is_always_another_image():
+    ids = [7, 7, 7, 8, 9, 9, 7, 10]
+    other = other_image_index(ids)
+    assert all(ids[j] != ids[i] for i, j in enumerate(other))
+    assert list(other_image_index([5, 5, 5])) == [-1, -1, -1]
+    assert list(other_image_index([])) == []
