@@ -32,6 +32,10 @@ artifact rather than the loader. For each variant, measures
             clock starts each pipeline is drained of prefetch_batches x read_threads (x workers)
             batches, more than its buffers can hold, so no batch made before the clock counts;
             then every side is timed for >= --seconds (2 s) of wall time.
+  floor:    single-process CPU ms/example of each step no loader of these records can skip, timed
+            alone (read, parse, decode, resize to 224x224, caption tokenize), and decode / their
+            sum: the best CPU ratio to the raw reference that a loader with no other cost could
+            reach (cpu_breakdown).
 The wall rates are measured --rounds times (3), all sides interleaved in each round, and reported
 as best of the rounds and as the median of the per-round ratios (pipeline / raw of the same round),
 so a burst of load from other jobs does not land on one side only. The goal is >= 0.7.
@@ -286,6 +290,62 @@ def cpu_ms_per_example(
     return {k: v * 1e3 for k, v in _best_of_interleaved(fns).items()}
 
 
+def cpu_breakdown(records: list[bytes], paths: str, tok) -> dict[str, float]:
+    """Single-process CPU ms/example of each step the loader cannot skip, measured alone.
+
+    read (ArrayRecord lookup), parse (record.decode_training_fields), decode (the loader's
+    preprocess.decode_image at the 224 px DCT scale), resize (to 224x224, resize_fast), tokenize
+    (the caption's SentencePiece encode; phrases are cached) and format (tasks.format_example, all
+    three tasks, tokenize included). read + parse + decode + resize + tokenize is the floor of any
+    loader that reads these records and feeds 224x224 pixels and caption ids: decode / floor is
+    the best CPU ratio to a decode-only reference that even a loader with zero other overhead
+    could reach.
+    """
+    import grain
+
+    from model import tasks
+
+    source = grain.sources.ArrayRecordDataSource(paths.split(",")[:1])
+    fields = [record_lib.decode_training_fields(r) for r in records]
+    images = [pp.decode_image(f.image, SIZE) for f in fields]
+    rng = np.random.default_rng(0)
+    n = len(records)
+
+    def format_all():
+        for f in fields:
+            tasks.format_example(
+                tok, rng, caption=f.caption, boxes=f.boxes, phrases=f.phrases, max_len=64
+            )
+
+    fns = {
+        "read": (lambda: [source[i] for i in range(n)], n),
+        "parse": (lambda: [record_lib.decode_training_fields(r) for r in records], n),
+        "decode": (lambda: [pp.decode_image(f.image, SIZE) for f in fields], n),
+        "resize": (lambda: [pp.resize(im, SIZE, fast=True) for im in images], n),
+        "tokenize": (lambda: [tok.encode(f.caption) for f in fields], n),
+        "format": (format_all, n),
+    }
+    for fn, _ in fns.values():  # caches (phrase ids, OpenCV import) are not per-example
+        fn()
+    ms = {k: v * 1e3 for k, v in _best_of_interleaved(fns).items()}
+    ms["floor"] = sum(ms[k] for k in ("read", "parse", "decode", "resize", "tokenize"))
+    return ms
+
+
+def _print_breakdown(name: str, ms: dict[str, float], resize: bool) -> None:
+    """resize: the raw reference includes the resize (full-size photos), as in the wall figures."""
+    steps = ", ".join(
+        f"{k} {ms[k]:.3f}" for k in ("read", "parse", "decode", "resize", "tokenize", "format")
+    )
+    ref = ms["decode"] + (ms["resize"] if resize else 0.0)
+    what = "decode + resize" if resize else "decode only"
+    print(
+        f"{name:4s} floor: CPU ms/example {steps}; floor (read+parse+decode+resize+tokenize) "
+        f"{ms['floor']:.3f}: best possible CPU ratio vs {what} {ref / ms['floor']:.2f}",
+        flush=True,
+    )
+
+
 def pipeline_rate(
     paths: str, tok, workers: int, overrides: dict, seconds: float = 2.0, batch: int = 32
 ) -> float:
@@ -410,6 +470,7 @@ def main() -> None:
             )
             # Stored variants: decode only; full size: decode + resize to 224 (see the top).
             resize = store_max_side == 0
+            _print_breakdown(name, cpu_breakdown(records, paths, tok), resize)
             for setting in args.settings.split(","):
                 overrides = SETTINGS[setting]
                 _print_cpu(
