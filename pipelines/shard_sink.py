@@ -8,11 +8,18 @@ when complete. A rename that happens twice writes the same shard twice: the resu
 `finalize_shards` then writes empty shards for indices that got no records (so every name in
 `-of-N` exists), and deletes shards of an earlier run with a different N (a rerun never leaves a
 mix of two shardings next to each other).
+
+Records arrive at a shard in whatever order the runner's shuffle delivers them (it differs between
+runs, workers and runners), so a shard is written in record-key order: the same input gives
+byte-identical shards on every run, and the trainer's shuffle (by record index) then replays the
+same example order. The records are first spilled to a local file in arrival order and read back
+sorted, so only the keys are held in memory, never a whole shard.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -42,21 +49,66 @@ def _copy_to(local_path: str, dest: str) -> None:
             dst.write(chunk)
 
 
-def write_shard(output_dir: str, name: str, records: Iterable[bytes]) -> int:
-    """Writes one complete shard at OUT/name atomically; returns its record count."""
+def _writer(path: str):
     from array_record.python.array_record_module import ArrayRecordWriter
 
+    writer = ArrayRecordWriter(path, "group_size:1")
+    if not writer.ok():
+        raise OSError(f"cannot open a local ArrayRecord writer at {path}")
+    return writer
+
+
+def _write_in_key_order(local: str, keyed: Iterable[tuple[str, bytes]]) -> int:
+    """Spills (key, record) pairs to a local file, then writes `local` in key order.
+
+    Ties (the same key twice, e.g. a duplicated input row) are broken by a digest of the record
+    bytes, so the order is total and the output is the same for any arrival order.
+    """
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    spill_path = local + ".arrival"
+    spill = _writer(spill_path)
+    order = []
+    for pos, (key, record) in enumerate(keyed):
+        spill.write(record)
+        order.append((key, hashlib.blake2b(record, digest_size=8).digest(), pos))
+    spill.close()
+    order.sort()
+    reader = ArrayRecordReader(spill_path, "readahead_buffer_size:0")
+    writer = _writer(local)
+    try:
+        for start in range(0, len(order), 256):  # a few MB in flight at a time
+            for record in reader.read([pos for _, _, pos in order[start : start + 256]]):
+                writer.write(record)
+    finally:
+        reader.close()
+        writer.close()
+        os.remove(spill_path)
+    return len(order)
+
+
+def write_shard(
+    output_dir: str, name: str, records: Iterable[bytes] | Iterable[tuple[str, bytes]]
+) -> int:
+    """Writes one complete shard at OUT/name atomically; returns its record count.
+
+    records: serialized records, written in the order given, or (record key, record) pairs,
+    written in key order (what the annotate pipeline passes; see the module docstring).
+    """
     local_dir = tempfile.mkdtemp(prefix="annotate-shard-")
     try:
         local = os.path.join(local_dir, name)
-        writer = ArrayRecordWriter(local, "group_size:1")
-        if not writer.ok():
-            raise OSError(f"cannot open a local ArrayRecord writer at {local}")
-        count = 0
-        for record in records:
-            writer.write(record)
-            count += 1
-        writer.close()
+        it = iter(records)
+        first = next(it, None)
+        if isinstance(first, tuple):
+            count = _write_in_key_order(local, itertools.chain([first], it))
+        else:
+            writer = _writer(local)
+            count = 0
+            for record in itertools.chain([] if first is None else [first], it):
+                writer.write(record)
+                count += 1
+            writer.close()
         tmp = FileSystems.join(output_dir, TMP_DIR, f"{name}.{uuid.uuid4().hex}")
         final = FileSystems.join(output_dir, name)
         _copy_to(local, tmp)

@@ -161,7 +161,7 @@ class PrepareFn(beam.DoFn):
 
 
 class ToRecordFn(beam.DoFn):
-    """PredictionResult -> (shard index, record bytes); FILTERED / DEAD otherwise.
+    """PredictionResult -> (shard index, (record key, record bytes)); FILTERED / DEAD otherwise.
 
     Side outputs for the manifest: SUMMARY (box statistics), LABELER (fingerprint), PREVIEW
     (a deterministic hash rank + record bytes, so the preview sample is the same on every run).
@@ -206,11 +206,13 @@ class ToRecordFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(LABELER, fingerprint)
         rank = shard_sink.shard_index("preview/" + p.key, 1 << 62)
         yield beam.pvalue.TaggedOutput(PREVIEW, (rank, data))
-        yield shard_sink.shard_index(p.key, self._num_shards), data
+        # The key travels with the record: WriteShardFn writes each shard in key order.
+        yield shard_sink.shard_index(p.key, self._num_shards), (p.key, data)
 
 
 class WriteShardFn(beam.DoFn):
-    """(shard index, records) -> (shard index, record count), shard written atomically."""
+    """(shard index, (key, record) pairs) -> (shard index, record count); the shard is written
+    atomically, in key order (shard_sink.write_shard)."""
 
     def __init__(self, output_dir: str, split: str, num_shards: int):
         self._out, self._split, self._n = output_dir, split, num_shards

@@ -88,12 +88,17 @@ def write_tfrecord(path: Path, payloads: list[bytes]) -> Path:
 
 def load_shards(out_dir: Path):
     """All records of all shards in out_dir, decoded with pipelines.record."""
+    return load_shards_of(sorted(out_dir.glob("*.array_record")))
+
+
+def load_shards_of(shards):
+    """The records of these shard files, in file order, decoded with pipelines.record."""
     from array_record.python.array_record_module import ArrayRecordReader
 
     from pipelines import record
 
     recs = []
-    for shard in sorted(out_dir.glob("*.array_record")):
+    for shard in shards:
         reader = ArrayRecordReader(str(shard))
         recs += [record.decode(r) for r in reader.read_all()]
         reader.close()

@@ -141,6 +141,9 @@ def test_records_decode_and_match_ground_truth(run1):
         f"train-{i:05d}-of-00003.array_record" for i in range(3)]
     assert [s["records"] for s in m["shards"]] == [
         len([r for r in recs if shard_sink.shard_index(r.key, 3) == i]) for i in range(3)]
+    for shard in sorted(out.glob("*.array_record")):  # each shard in key order (reproducible)
+        keys = [r.key for r in af.load_shards_of([shard])]
+        assert keys == sorted(keys)
     by_key = {r.key: r for r in recs}
     for i in range(8):
         rec = by_key[f"{i:09d}"]
