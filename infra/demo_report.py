@@ -98,6 +98,25 @@ def check_targets(results: dict[str, dict[str, float]],
     return out
 
 
+# (metric key, label) of the image-reliance rows (evaluation/evaluators/image_reliance.py).
+RELIANCE_ROWS = (
+    ("image_reliance/cap/reliance", "Cap: caption tokens"),
+    ("image_reliance/aref/reliance", "ARef: expression + box tokens"),
+    ("image_reliance/aref/loc_reliance", "ARef: the 4 box tokens alone"),
+    ("image_reliance/gcap/reliance", "GCap: box + phrase tokens"),
+)
+
+
+def reliance_table(results: dict[str, dict[str, float]]) -> str:
+    """HTML rows: how much each model's held-out loss rises when it is given another image."""
+    rows = []
+    for key, label in RELIANCE_ROWS:
+        if any(key in results[n] for n in MODELS):
+            cells = "".join(f"<td>{_fmt(results[n].get(key))}</td>" for n in MODELS)
+            rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    return "".join(rows)
+
+
 def _png_data_uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -201,6 +220,7 @@ def build(run_dir: Path) -> dict:
     )
     curves = training_curves(run_dir)
     gallery = rec_gallery(run_dir)
+    reliance = reliance_table(results)
     preview = run_dir / "shards" / "preview.html"
     cmd_rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(v['command'])}</code></td>"
@@ -213,6 +233,11 @@ tr.pass td{{background:#e6ffe6}} tr.fail td{{background:#ffe6e6}} figure{{displa
 width:260px;vertical-align:top}} figcaption{{font-size:12px}}</style>
 <h1>LocCa demo report</h1>
 <h2>Targets</h2><table><tr><th>target</th><th>value</th><th></th></tr>{target_rows}</table>
+<h2>Does the decoder read the image?</h2>
+<p>Held-out loss (nats/token) with another example's image minus the loss with the right one: ~0
+means the model writes the same tokens whatever it is shown (the text prior and the mean box).</p>
+{f'<table><tr><th>tokens</th>{"".join(f"<th>{v}</th>" for v in MODELS.values())}</tr>{reliance}</table>'
+ if reliance else "<p>no image_reliance results</p>"}
 <h2>Metrics at the last evaluated step</h2>
 <table><tr><th>metric</th>{"".join(f"<th>{v}</th>" for v in MODELS.values())}</tr>{rows}</table>
 <h2>Training curves</h2>{f'<img src="{curves}">' if curves else "<p>no metrics.jsonl found</p>"}

@@ -48,6 +48,7 @@ def run_dir(tmp_path: Path) -> Path:
                 0.99,
             ),  # the transfer's own train split: ignored
             (200, "captioning", "val", "cider", 1.00),
+            (200, "image_reliance", "aref", "loc_reliance", 0.1234),
         ],
     )
     _results(
@@ -156,3 +157,13 @@ def test_training_curves_read_the_trainers_metric_names(run_dir: Path):
     (run_dir / "locca" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert demo_report.training_curves(run_dir) is not None
     assert demo_report.training_curves(run_dir / "nowhere") is None
+
+
+def test_reliance_table_shows_each_models_figure(run_dir: Path):
+    demo_report.build(run_dir)
+    page = (run_dir / "report.html").read_text()
+    section = page[page.index("Does the decoder read the image?"):page.index("Metrics at the last")]
+    assert "ARef: the 4 box tokens alone" in section and "0.123" in section
+    assert "Cap: caption tokens" not in section  # no such result: no row
+    empty = demo_report.reliance_table({"locca": {}, "cap": {}})
+    assert empty == ""
