@@ -93,7 +93,6 @@ class Predictor:
             out += generate.generated(np.asarray(tokens)[:n], lens[i : i + n], self.eos_id)
         return out
 
-
     def token_nll(self, params: Any, encoded: np.ndarray, inputs: np.ndarray,
                   targets: np.ndarray) -> np.ndarray:
         """Teacher-forced NLL of every target token: encoded float[B, N, D], inputs/targets

@@ -77,7 +77,7 @@ def _write_in_key_order(local: str, keyed: Iterable[tuple[str, bytes]]) -> int:
     reader = ArrayRecordReader(spill_path, "readahead_buffer_size:0")
     writer = _writer(local)
     try:
-        for start in range(0, len(order), 256):  # a few MB in flight at a time
+        for start in range(0, len(order), 256):  # at most 256 records in memory at a time
             for record in reader.read([pos for _, _, pos in order[start : start + 256]]):
                 writer.write(record)
     finally:
