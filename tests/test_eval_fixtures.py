@@ -83,3 +83,23 @@ def run_eval(workdir: Path, data_dir: Path, *extra: str, variant: str = "rec",
 def results(workdir: Path) -> list[dict]:
     path = workdir / "eval" / "results.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def random_head_run(root: Path, num_eval: int = 24):
+    """(TrainRun, params, eval_dir): a tiny workdir on a sample-corpus eval set, and random params
+    whose output layer is random too (a fresh model's zero-init output layer makes every logit 0,
+    so nothing it writes would depend on the image)."""
+    import jax
+    from flax import traverse_util
+
+    from evaluation.checkpoint import TrainRun
+    from model.locca import init_params
+
+    eval_dir = make_corpus(root / "corpus", num_eval=num_eval)
+    tok = make_tokenizer(eval_dir, root / "tok.model")
+    make_workdir(root / "run", root / "tok.model", tok.vocab_size, steps=(1,))
+    run = TrainRun.load(str(root / "run"))
+    flat = traverse_util.flatten_dict(init_params(run.model, jax.random.key(3)), sep="/")
+    kernel = flat["txt/LogitsDense/kernel"]
+    flat["txt/LogitsDense/kernel"] = jax.random.normal(jax.random.key(4), kernel.shape) * 0.5
+    return run, traverse_util.unflatten_dict(flat, sep="/"), eval_dir

@@ -9,9 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
-from test_eval_fixtures import make_corpus, make_tokenizer, make_workdir
+from test_eval_fixtures import random_head_run
 
-from evaluation.checkpoint import TrainRun
 from evaluation.evaluators import base
 from evaluation.evaluators.image_reliance import other_image_index
 
@@ -19,23 +18,12 @@ from evaluation.evaluators.image_reliance import other_image_index
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliance")
-    eval_dir = make_corpus(root / "corpus", num_eval=24)
-    tok = make_tokenizer(eval_dir, root / "tok.model")
-    make_workdir(root / "run", root / "tok.model", tok.vocab_size, steps=(1,))
-    run = TrainRun.load(str(root / "run"))
+    run, params, eval_dir = random_head_run(root)
     cfg = ml_collections.ConfigDict(dict(
         type="image_reliance", refs=str(eval_dir / "refs.json"),
         instances=str(eval_dir / "instances.json"), images=str(eval_dir / "images"),
         captions=str(eval_dir / "captions.json"), split="val", max_per_split=10, batch_size=4))
     evaluator = base.build("image_reliance", cfg, run, {})
-    from model.locca import init_params
-
-    # The trained-from-zero output layer would make every logit 0 (NLL = log V whatever the image):
-    # random output weights make the loss depend on the decoder state, hence on the image.
-    flat = traverse_util.flatten_dict(init_params(run.model, jax.random.key(3)), sep="/")
-    kernel = flat["txt/LogitsDense/kernel"]
-    flat["txt/LogitsDense/kernel"] = jax.random.normal(jax.random.key(4), kernel.shape) * 0.5
-    params = traverse_util.unflatten_dict(flat, sep="/")
     return run, evaluator, params, root
 
 

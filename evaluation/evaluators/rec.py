@@ -2,7 +2,9 @@
 
 Config (ConfigDict): refs (refs(unc).p / refs(umd).p / refs(google).p or refs.json), instances
 (COCO instances.json), images (image dir), splits (default val/testA/testB), constrained (force
-4 location tokens + EOS with y2 >= y1, x2 >= x1; default True), batch_size, max_per_split (0: all).
+4 location tokens + EOS with y2 >= y1, x2 >= x1; default True), beam_size (default 1, greedy; k > 1
+searches the k most likely boxes and reports "{split}/acc@0.5_beam{k}", ...), batch_size,
+max_per_split (0: all).
 prior_split (default "train"; "" = off): the mean box of its referred objects, answered for every
 expression, is reported as "{split}/acc@0.5_prior", "{split}/miou_prior", "{split}/pointing_prior",
 the floor a model must beat to show it localises anything.
@@ -71,6 +73,9 @@ class Evaluator:
         )
         # Constrained decoding also keeps y2 >= y1 and x2 >= x1 (model/generate.py).
         self.box_order = (tok.loc_start, NUM_LOC) if self.allowed is not None else None
+        self.beam_size = int(config.get("beam_size", 1))
+        if self.beam_size < 1:
+            raise ValueError(f"rec: beam_size must be >= 1, got {self.beam_size}")
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         params = ctx.params
@@ -81,16 +86,18 @@ class Evaluator:
 
         def gen(encoded, prompts):
             return self.predictor.generate(params, encoded, prompts, allowed=self.allowed,
-                                           box_order=self.box_order)
+                                           box_order=self.box_order, beam_size=self.beam_size)
 
+        suffix = "" if self.beam_size == 1 else f"_beam{self.beam_size}"
         for split, examples in self.splits.items():
             preds = predict_boxes(examples, encode, gen, tok, self.predictor.batch_size)
-            yield from split_metrics(split, examples, preds)
+            for name, value in split_metrics(split, examples, preds):
+                yield (name if name.endswith("/count") else name + suffix), value
             if self.prior_box is not None:
                 for name, value in split_metrics(split, examples, [self.prior_box] * len(preds)):
                     if name.endswith(("/acc@0.5", "/miou", "/pointing")):
                         yield f"{name}_prior", value
-            self._write_predictions(ctx.step, split, examples, preds)
+            self._write_predictions(ctx.step, split + suffix, examples, preds)
         yield from base.problems_metrics(self.data.problems)
 
     def _write_predictions(
@@ -118,4 +125,6 @@ class Evaluator:
             )
         tmp = out_dir / f".rec_{split}_step{step}.jsonl.tmp"
         tmp.write_text("\n".join(lines) + "\n")
-        tmp.rename(out_dir / f"rec_{split}_step{step}.jsonl")
+        # replace, not rename: scoring a step again (--step N twice, a restart after this file
+        # was written but before the results were) overwrites the earlier predictions.
+        tmp.replace(out_dir / f"rec_{split}_step{step}.jsonl")
