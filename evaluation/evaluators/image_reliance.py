@@ -110,6 +110,8 @@ class Evaluator:
                 targets = np.stack([r[2].targets for r in rows])
                 masks["loc_"] = mask & (targets >= loc_lo) & (targets < loc_hi)
             for prefix, m in masks.items():
+                if not m.any():  # every target cut by max_len: nothing to score
+                    continue
                 a, b = float(own[m].mean()), float(swapped[m].mean())
                 yield f"{task}/{prefix}nll", a
                 yield f"{task}/{prefix}nll_other_image", b
