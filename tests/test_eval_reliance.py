@@ -33,12 +33,13 @@ def _metrics(setup, params) -> dict[str, float]:
     return dict(evaluator.run(ctx))
 
 
-def _trainer_loss(run, evaluator, params, task: str, image_order) -> float:
-    """The training loss (training/model_fns.loss_fn, one task, hard targets) on the same rows."""
+def _trainer_loss(run, evaluator, params, task: str, paths) -> float:
+    """The training loss (training/model_fns.loss_fn, one task, hard targets) on the same rows,
+    row i with the image at paths[i]."""
     from training import model_fns
 
     rows = evaluator.rows[task]
-    images = evaluator.images.batch([rows[j][0] for j in image_order])
+    images = evaluator.images.batch(paths)
     batch = {"image": jnp.asarray(images)}
     for key in ("inputs", "targets", "loss_mask"):
         batch[f"{task}/{key}"] = jnp.asarray(np.stack([getattr(r[2], key) for r in rows]))
@@ -52,10 +53,9 @@ def test_losses_equal_the_trainers_loss(setup):
     m = _metrics(setup, params)
     for task in ("cap", "aref", "gcap"):
         rows = evaluator.rows[task]
-        other = other_image_index([r[1] for r in rows])
         assert m[f"{task}/count"] == len(rows) > 1
-        own = _trainer_loss(run, evaluator, params, task, np.arange(len(rows)))
-        swapped = _trainer_loss(run, evaluator, params, task, other)
+        own = _trainer_loss(run, evaluator, params, task, [r[0] for r in rows])
+        swapped = _trainer_loss(run, evaluator, params, task, evaluator.other_paths(rows))
         assert m[f"{task}/nll"] == pytest.approx(own, rel=1e-4)
         assert m[f"{task}/nll_other_image"] == pytest.approx(swapped, rel=1e-4)
         assert m[f"{task}/reliance"] == pytest.approx(swapped - own, abs=1e-4)
@@ -78,9 +78,14 @@ def test_a_decoder_cut_off_from_the_image_relies_on_it_by_zero(setup):
     assert blind["aref/loc_reliance"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_other_image_is_always_another_image():
-    ids = [7, 7, 7, 8, 9, 9, 7, 10]
-    other = other_image_index(ids)
-    assert all(ids[j] != ids[i] for i, j in enumerate(other))
-    assert list(other_image_index([5, 5, 5])) == [-1, -1, -1]
-    assert list(other_image_index([])) == []
+def test_other_image_is_always_another_image(setup):
+    pool = [3, 7, 8, 9, 10]
+    rows = [7, 7, 7, 8, 9, 9, 3, 10]
+    other = other_image_index(rows, pool)
+    assert all(pool[j] != i for i, j in zip(rows, other, strict=True))
+    assert list(other_image_index([5, 5], [5])) == [-1, -1]
+    assert list(other_image_index([], [1, 2])) == []
+    # Rows limited to one image still get other images from the whole split.
+    _, evaluator, _, _ = setup
+    rows = [r for r in evaluator.rows["aref"] if r[1] == evaluator.rows["aref"][0][1]]
+    assert all(p != rows[0][0] for p in evaluator.other_paths(rows))

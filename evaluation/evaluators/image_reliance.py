@@ -2,7 +2,8 @@
 
 For every task the model was trained on, the held-out targets are scored (mean NLL per target token,
 the training loss without label smoothing or soft location targets) twice: with each example's own
-image, and with the image of another example of the split (a different image id, fixed pairing).
+image, and with another image of the split (fixed pairing: the image half the split's sorted image
+ids away).
 `reliance` is the difference in nats/token: ~0 means the decoder writes the same text whatever
 the image (a language model of the targets plus the box prior); a captioner that sees gains a lot.
 For `aref` the four location tokens are also scored alone (`loc_*`): the direct measure of whether
@@ -32,19 +33,17 @@ from evaluation.evaluators import base
 from model import tasks
 
 
-def other_image_index(image_ids: Sequence[int]) -> np.ndarray:
-    """int[N]: for each item, an item with a different image id (the one half the list away, or
-    the next one after it that differs); all -1 when every item shows the same image."""
-    ids = list(image_ids)
-    n = len(ids)
-    out = np.full(n, -1, np.int64)
-    for i in range(n):
-        for k in range(n):
-            j = (i + n // 2 + k) % n
-            if ids[j] != ids[i]:
-                out[i] = j
-                break
-    return out
+def other_image_index(image_ids: Sequence[int], pool_ids: Sequence[int]) -> np.ndarray:
+    """int[N]: for each row's image id, the index in `pool_ids` (the split's distinct image ids,
+    sorted) of another image: the one half the pool away from the row's own. All -1 when the pool
+    has a single image. The pairing uses the whole split, so a `max_per_split` that keeps only a
+    few rows of one image still finds other images."""
+    pool = list(pool_ids)
+    n = len(pool)
+    if n < 2:
+        return np.full(len(image_ids), -1, np.int64)
+    where = {image_id: k for k, image_id in enumerate(pool)}
+    return np.asarray([(where[i] + n // 2) % n for i in image_ids], np.int64)
 
 
 class Evaluator:
@@ -61,6 +60,10 @@ class Evaluator:
         rec = load_rec(config.refs, config.instances, config.images, splits=(split,))
         self.problems = rec.problems
         exprs = rec.split(split)[: limit or None]
+        # Every image of the split, the pool the "other image" is drawn from (sorted by id).
+        paths = {e.image_id: e.image_path for e in rec.split(split)}
+        self.pool_ids = sorted(paths)
+        self.pool_paths = [paths[k] for k in self.pool_ids]
         # (image path, image id, Formatted) rows per task.
         self.rows: dict[str, list[tuple[str, int, tasks.Formatted]]] = {}
         if "cap" in wanted:
@@ -81,10 +84,16 @@ class Evaluator:
         self.predictor = base.shared_predictor(run, shared, int(config.get("batch_size", 32)))
         self.images = base.shared_images(run, shared)
 
-    def _nll(self, params, rows, image_order: np.ndarray) -> np.ndarray:
-        """float32[N, L] token NLL of the rows, row i decoded against the image of row
-        image_order[i]."""
-        paths = [rows[j][0] for j in image_order]
+    def other_paths(self, rows) -> list[str] | None:
+        """The image each row is also scored with (another image of the split); None when the
+        split has a single image."""
+        other = other_image_index([r[1] for r in rows], self.pool_ids)
+        if len(other) and other[0] < 0:
+            return None
+        return [self.pool_paths[k] for k in other]
+
+    def _nll(self, params, rows, paths: list[str]) -> np.ndarray:
+        """float32[N, L] token NLL of the rows, row i decoded against the image at paths[i]."""
         inputs = np.stack([r[2].inputs for r in rows])
         targets = np.stack([r[2].targets for r in rows])
         out = []
@@ -99,11 +108,11 @@ class Evaluator:
         tok = self.run_.tokenizer
         loc_lo, loc_hi = tok.loc_start, tok.loc_start + tasks.NUM_BINS
         for task, rows in self.rows.items():
-            other = other_image_index([r[1] for r in rows])
-            if not len(rows) or other[0] < 0:  # one image only: there is no "other" image
+            other = self.other_paths(rows)
+            if not rows or other is None:  # one image only: there is no "other" image
                 continue
             mask = np.stack([r[2].loss_mask for r in rows]) > 0
-            own = self._nll(ctx.params, rows, np.arange(len(rows)))
+            own = self._nll(ctx.params, rows, [r[0] for r in rows])
             swapped = self._nll(ctx.params, rows, other)
             masks = {"": mask}
             if task == "aref":
