@@ -19,7 +19,6 @@ sorted, so only the keys are held in memory, never a whole shard.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import re
 import shutil
@@ -58,57 +57,37 @@ def _writer(path: str):
     return writer
 
 
-def _write_in_key_order(local: str, keyed: Iterable[tuple[str, bytes]]) -> int:
-    """Spills (key, record) pairs to a local file, then writes `local` in key order.
+def write_shard(output_dir: str, name: str, keyed: Iterable[tuple[str, bytes]]) -> int:
+    """Writes one complete shard at OUT/name atomically, in key order; returns its record count.
 
-    Ties (the same key twice, e.g. a duplicated input row) are broken by a digest of the record
-    bytes, so the order is total and the output is the same for any arrival order.
+    keyed: (record key, serialized record) pairs in any order. They are spilled to a local file in
+    arrival order, then written sorted by key; ties (the same key twice, e.g. a duplicated input
+    row) by a digest of the record bytes, so the order is total and the output is the same for
+    any arrival order (see the module docstring).
     """
     from array_record.python.array_record_module import ArrayRecordReader
 
-    spill_path = local + ".arrival"
-    spill = _writer(spill_path)
-    order = []
-    for pos, (key, record) in enumerate(keyed):
-        spill.write(record)
-        order.append((key, hashlib.blake2b(record, digest_size=8).digest(), pos))
-    spill.close()
-    order.sort()
-    reader = ArrayRecordReader(spill_path, "readahead_buffer_size:0")
-    writer = _writer(local)
-    try:
-        for start in range(0, len(order), 256):  # at most 256 records in memory at a time
-            for record in reader.read([pos for _, _, pos in order[start : start + 256]]):
-                writer.write(record)
-    finally:
-        reader.close()
-        writer.close()
-        os.remove(spill_path)
-    return len(order)
-
-
-def write_shard(
-    output_dir: str, name: str, records: Iterable[bytes] | Iterable[tuple[str, bytes]]
-) -> int:
-    """Writes one complete shard at OUT/name atomically; returns its record count.
-
-    records: serialized records, written in the order given, or (record key, record) pairs,
-    written in key order (what the annotate pipeline passes; see the module docstring).
-    """
     local_dir = tempfile.mkdtemp(prefix="annotate-shard-")
     try:
         local = os.path.join(local_dir, name)
-        it = iter(records)
-        first = next(it, None)
-        if isinstance(first, tuple):
-            count = _write_in_key_order(local, itertools.chain([first], it))
-        else:
-            writer = _writer(local)
-            count = 0
-            for record in itertools.chain([] if first is None else [first], it):
-                writer.write(record)
-                count += 1
+        spill_path = local + ".arrival"
+        spill = _writer(spill_path)
+        order = []
+        for pos, (key, record) in enumerate(keyed):
+            spill.write(record)
+            order.append((key, hashlib.blake2b(record, digest_size=8).digest(), pos))
+        spill.close()
+        order.sort()
+        reader = ArrayRecordReader(spill_path, "readahead_buffer_size:0")
+        writer = _writer(local)
+        try:
+            for start in range(0, len(order), 256):  # at most 256 records in memory at a time
+                for record in reader.read([pos for _, _, pos in order[start : start + 256]]):
+                    writer.write(record)
+        finally:
+            reader.close()
             writer.close()
+        count = len(order)
         tmp = FileSystems.join(output_dir, TMP_DIR, f"{name}.{uuid.uuid4().hex}")
         final = FileSystems.join(output_dir, name)
         _copy_to(local, tmp)

@@ -239,8 +239,9 @@ def test_reference_labeler_detect():
 # ----------------------------------------------------------------------------- shards + preview
 def test_shard_sink_atomic_and_idempotent(tmp_path):
     recs = [b"r%d" % i for i in range(5)]
-    assert shard_sink.write_shard(str(tmp_path), "train-00000-of-00002.array_record", recs) == 5
-    assert shard_sink.write_shard(str(tmp_path), "train-00000-of-00002.array_record", recs) == 5
+    keyed = [(str(i), r) for i, r in enumerate(recs)]
+    assert shard_sink.write_shard(str(tmp_path), "train-00000-of-00002.array_record", keyed) == 5
+    assert shard_sink.write_shard(str(tmp_path), "train-00000-of-00002.array_record", keyed) == 5
     (tmp_path / "train-00004-of-00005.array_record").write_bytes(b"stale")  # an older sharding
     shards = shard_sink.finalize_shards(str(tmp_path), "train", 2, {0: 5})
     assert [s["records"] for s in shards] == [5, 0]
