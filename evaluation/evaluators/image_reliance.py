@@ -59,16 +59,16 @@ class Evaluator:
             raise ValueError(f"image_reliance: unknown task(s) {unknown}; expected {tasks.TASKS}")
         rec = load_rec(config.refs, config.instances, config.images, splits=(split,))
         self.problems = rec.problems
-        exprs = rec.split(split)[: limit or None]
+        everything = rec.split(split)
+        exprs = everything[: limit or None]
         # Every image of the split, the pool the "other image" is drawn from (sorted by id).
-        paths = {e.image_id: e.image_path for e in rec.split(split)}
+        paths = {e.image_id: e.image_path for e in everything}
         self.pool_ids = sorted(paths)
         self.pool_paths = [paths[k] for k in self.pool_ids]
         # (image path, image id, Formatted) rows per task.
         self.rows: dict[str, list[tuple[str, int, tasks.Formatted]]] = {}
         if "cap" in wanted:
-            caps = load_captions(config.captions, config.images,
-                                 image_ids={e.image_id for e in rec.split(split)})
+            caps = load_captions(config.captions, config.images, image_ids=set(paths))
             self.problems.update(caps.problems)
             ids = sorted(caps.image_paths)[: limit or None]
             self.rows["cap"] = [
@@ -93,16 +93,24 @@ class Evaluator:
         return [self.pool_paths[k] for k in other]
 
     def _nll(self, params, rows, paths: list[str]) -> np.ndarray:
-        """float32[N, L] token NLL of the rows, row i decoded against the image at paths[i]."""
+        """float32[N, L] token NLL of the rows, row i decoded against the image at paths[i].
+
+        Each distinct image is encoded once (a split has several expressions per image), in
+        chunks of batch_size images, as rec_common.predict_boxes does.
+        """
         inputs = np.stack([r[2].inputs for r in rows])
         targets = np.stack([r[2].targets for r in rows])
-        out = []
+        out = np.zeros(inputs.shape, np.float32)
+        unique = sorted(set(paths))
         step = self.predictor.batch_size
-        for i in range(0, len(rows), step):
-            enc = self.predictor.encode(params, self.images.batch(paths[i : i + step]))
-            out.append(self.predictor.token_nll(params, enc, inputs[i : i + step],
-                                                targets[i : i + step]))
-        return np.concatenate(out)
+        for c in range(0, len(unique), step):
+            chunk = unique[c : c + step]
+            index = {p: j for j, p in enumerate(chunk)}
+            encoded = self.predictor.encode(params, self.images.batch(chunk))
+            sel = [i for i, p in enumerate(paths) if p in index]
+            gathered = encoded[[index[paths[i]] for i in sel]]
+            out[sel] = self.predictor.token_nll(params, gathered, inputs[sel], targets[sel])
+        return out
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         tok = self.run_.tokenizer
