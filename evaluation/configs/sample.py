@@ -5,8 +5,8 @@
 
 Variants (`:name[,key=value...]`, keys: data_dir, batch_size, max_per_split, transfer_steps):
   all       REC (pretrained decoder), REC transfer (frozen encoder + fresh decoder), captioning,
-            grounded captioning, linear probe, image reliance. On the sample corpus after the demo's training
-            budget, REC Acc@0.5 should clearly exceed the untrained floor (~0).
+            grounded captioning, linear probe, image reliance. On the sample corpus after the
+            demo's training budget, REC Acc@0.5 should clearly exceed the untrained floor (~0).
   stats     parameter RMS / count / non-finite (no model run: a cheap health check)
   reliance  image reliance only: teacher-forced loss with each example's image vs another's
             (does the decoder read the image at all? see evaluators/image_reliance.py)

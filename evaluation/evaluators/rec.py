@@ -13,7 +13,8 @@ With `constrained`, decoding cannot produce a malformed box (4 location tokens, 
 where the same model now gets its best well-formed box.
 Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/pointing",
 "{split}/count", "problems/*" and the prior rows.
-Also writes every prediction to WORKDIR/eval/predictions/rec_{split}_step{step}.jsonl (image,
+Also writes every prediction to WORKDIR/eval/predictions/rec_{split}_step{step}.jsonl
+(rec_{split}_beam{k}_step{step}.jsonl with beam_size k > 1; image,
 sentence, predicted and true boxes, IoU) for galleries and error analysis.
 """
 
