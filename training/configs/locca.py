@@ -114,9 +114,10 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.model.posemb = "sincos2d"
     # Location targets: a Gaussian over bins with sigma 128 bins at first (a 16 px patch of a
     # 112 px image spans ~146 bins: the precision the model can reach early) and 8 at the end.
-    # Measured on the demo corpus (README "Status"): one-hot targets left box centres uncorrelated with the truth
-    # after 600 steps; the annealed targets raised the centre correlation to ~0.2-0.45 over
-    # 600-1200 steps. Neither localises well enough for Acc@0.5 at this budget.
+    # Measured on the demo corpus (README "Status"): one-hot targets left box centres
+    # uncorrelated with the truth after 600 steps; the annealed targets raised the centre
+    # correlation to ~0.2-0.45 over 600-1200 steps. Neither localises well enough for Acc@0.5
+    # at this budget.
     c.loss.loc_sigma_start = 128.0
     c.loss.loc_sigma = 8.0
 
