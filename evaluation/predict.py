@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model import generate
+from model import generate, locca
 
 
 def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
@@ -49,13 +49,11 @@ class Predictor:
         self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
 
         def _gen(params, encoded, prompt, prompt_len, allowed, beam_size, box_order):
-            def decode_fn(enc, inputs):
-                return model.apply({"params": params}, enc, inputs, method="decode")
-
+            decoder = locca.make_incremental_decoder(model, params)  # KV-cached
             kw = dict(eos_id=eos_id, pad_id=pad_id, allowed=allowed, box_order=box_order)
             if beam_size == 1:
-                return generate.greedy(decode_fn, encoded, prompt, prompt_len, **kw)
-            return generate.beam_search(decode_fn, encoded, prompt, prompt_len,
+                return generate.greedy(decoder, encoded, prompt, prompt_len, **kw)
+            return generate.beam_search(decoder, encoded, prompt, prompt_len,
                                         beam_size=beam_size, **kw)
 
         self._generate = jax.jit(_gen, static_argnames=("beam_size", "box_order"))

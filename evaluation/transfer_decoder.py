@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from model import generate, tasks
-from model.decoder import Decoder
+from model.decoder import Decoder, make_incremental
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ def make_generate(decoder: Decoder, tokenizer, batch_size: int):
 
     @jax.jit
     def run(params, enc, prompt, prompt_len):
-        fn = lambda e, x: decoder.apply({"params": params}, e, x)  # noqa: E731
+        fn = make_incremental(lambda e, x, **kw: decoder.apply({"params": params}, e, x, **kw))
         return generate.greedy(fn, enc, prompt, prompt_len, eos_id=tokenizer.eos_id,
                                pad_id=tokenizer.pad_id, allowed=allowed,
                                box_order=(tokenizer.loc_start, tasks.NUM_BINS))[0]

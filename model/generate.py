@@ -1,7 +1,17 @@
 """Greedy and beam-search generation from a prompt, with an optional per-step token constraint.
 
-All functions take `decode_fn(encoded, inputs int32[B, L]) -> logits float[B, L, V]` (for LocCa:
-`locca.make_decode_fn(model, params)`), so they know nothing about the trainer or the model.
+The functions take the decoder in one of two forms, so they know nothing about the trainer or the
+model:
+- an `IncrementalDecoder` (for LocCa: `locca.make_incremental_decoder(model, params)`): `prefill`
+  runs the decoder once over the whole prompt buffer and returns its keys/values (a KV cache, the
+  encoder tokens' cross-attention keys/values included), then `step` decodes one position per call
+  against that cache. G generated tokens cost one teacher-forced pass + G single-position passes.
+- a plain `decode_fn(encoded, inputs int32[B, L]) -> logits float[B, L, V]` (any decoder, e.g.
+  `locca.make_decode_fn(model, params)`): every step re-runs it over the whole fixed-length
+  buffer (`from_decode_fn`), up to ~L times the work of the cached form. Same tokens, same scores
+  (tests/test_generate.py checks the two agree).
+Shapes stay fixed either way, so the loop compiles once under jit (lax.while_loop, which also stops
+when every sequence has ended).
 
 Layout. `prompt` is int32[B, L] (L = the model's input length, max_len) holding, per example,
 [BOS] + prefix tokens (+ any given target tokens, e.g. the phrase and " : " for `aref`), and
@@ -17,22 +27,57 @@ one constraint a fixed table cannot express: in each generated box (y1 x1 y2 x2)
 x2 >= x1, so a model unsure of an edge picks the best well-formed box instead of a malformed one
 (the 3rd and 4th location token of every 4 are bounded below by the token two steps before).
 
-Cost (documented because there is no KV cache): every step re-runs `decode_fn` over the whole
-fixed-length buffer, so G generated tokens cost G decoder passes over L positions (plus the
-cross-attention keys/values of the encoder tokens each pass) instead of G single-position passes.
-For L=64 that is at most ~64x the work of one teacher-forced pass; shapes stay fixed, so the
-loop compiles once under jit (lax.while_loop, which also stops when every sequence has ended).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 DecodeFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class IncrementalDecoder(NamedTuple):
+    """A decoder that generation can run one position at a time.
+
+    prefill(encoded float[B, N, D], tokens int32[B, L]) -> (logits float[B, L, V], static, state):
+        the teacher-forced pass over the buffer; `static` (e.g. the cross-attention keys/values of
+        the encoder tokens) never changes, `state` (e.g. self-attention keys/values) does. Both are
+        pytrees with leading axis B.
+    step(static, state, token int32[B], pos int32[]) -> (logits float[B, V], state): the token at
+        position `pos` goes in, the logits for position pos + 1 come out. Entries of `state` at
+        positions > pos may be stale: steps are causal, so they are never read before rewritten.
+    """
+
+    prefill: Callable[[jax.Array, jax.Array], tuple[jax.Array, Any, Any]]
+    step: Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+def from_decode_fn(decode_fn: DecodeFn) -> IncrementalDecoder:
+    """The uncached form: the state is the token buffer, each step reruns the whole decoder."""
+
+    def prefill(encoded, tokens):
+        return decode_fn(encoded, tokens), encoded, tokens
+
+    def step(encoded, tokens, token, pos):
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], pos, axis=1)
+        logits = jax.lax.dynamic_index_in_dim(decode_fn(encoded, tokens), pos, axis=1,
+                                              keepdims=False)
+        return logits, tokens
+
+    return IncrementalDecoder(prefill, step)
+
+
+def _incremental(decoder: DecodeFn | IncrementalDecoder) -> IncrementalDecoder:
+    return decoder if isinstance(decoder, IncrementalDecoder) else from_decode_fn(decoder)
+
+
+def _log_softmax(logits: jax.Array) -> jax.Array:
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 NEG = -1e9  # finite "minus infinity": sums of masked scores stay NaN-free
 
 
@@ -86,32 +131,27 @@ def _prepare(prompt: jax.Array, prompt_len: jax.Array, pad_id: int):
     return tokens, prompt_len, start
 
 
-def _next_logprobs(decode_fn: DecodeFn, encoded, tokens, pos) -> jax.Array:
-    """float32[B, V] log-probabilities of the token at `pos` (predicted from position pos-1)."""
-    logits = decode_fn(encoded, tokens)
-    logits = jax.lax.dynamic_index_in_dim(logits, pos - 1, axis=1, keepdims=False)
-    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-
-
-def greedy(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array, prompt_len: jax.Array, *,
-           eos_id: int, pad_id: int = 0, allowed: jax.Array | None = None,
-           box_order: tuple[int, int] | None = None):
+def greedy(decoder: DecodeFn | IncrementalDecoder, encoded: jax.Array, prompt: jax.Array,
+           prompt_len: jax.Array, *, eos_id: int, pad_id: int = 0,
+           allowed: jax.Array | None = None, box_order: tuple[int, int] | None = None):
     """Greedy decoding.
 
     encoded float[B, N, D], prompt int32[B, L], prompt_len int32[B]
     -> (tokens int32[B, L], scores float32[B] = sum of generated tokens' log-probs).
     """
+    dec = _incremental(decoder)
     tokens, prompt_len, start = _prepare(prompt, prompt_len, pad_id)
     batch, length = tokens.shape
-    init = (start, tokens, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.float32))
+    logits, static, state = dec.prefill(encoded, tokens)
+    logp = _log_softmax(jax.lax.dynamic_index_in_dim(logits, start - 1, axis=1, keepdims=False))
+    init = (start, tokens, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.float32), state, logp)
 
-    def cond(state):
-        pos, _, done, _ = state
+    def cond(carry):
+        pos, _, done, *_ = carry
         return (pos < length) & ~jnp.all(done)
 
-    def body(state):
-        pos, tokens, done, scores = state
-        logp = _next_logprobs(decode_fn, encoded, tokens, pos)
+    def body(carry):
+        pos, tokens, done, scores, state, logp = carry  # logp: of the token at pos
         step = pos - prompt_len
         ok = _step_mask(allowed, step, logp.shape[-1])
         ok = ok & _order_mask(box_order, tokens, pos, step, logp.shape[-1])
@@ -122,13 +162,14 @@ def greedy(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array, prompt_le
         gain = jnp.take_along_axis(logp, best[:, None], axis=-1)[:, 0]
         scores = scores + jnp.where(forced | done, 0.0, gain)
         done = done | (~forced & (best == eos_id))
-        return pos + 1, tokens.at[:, pos].set(new), done, scores
+        logits, state = dec.step(static, state, new, pos)
+        return pos + 1, tokens.at[:, pos].set(new), done, scores, state, _log_softmax(logits)
 
-    _, tokens, _, scores = jax.lax.while_loop(cond, body, init)
+    _, tokens, _, scores, _, _ = jax.lax.while_loop(cond, body, init)
     return tokens, scores
 
 
-def beam_search(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array,
+def beam_search(decoder: DecodeFn | IncrementalDecoder, encoded: jax.Array, prompt: jax.Array,
                 prompt_len: jax.Array, *, beam_size: int, eos_id: int, pad_id: int = 0,
                 allowed: jax.Array | None = None, length_penalty: float = 0.0,
                 box_order: tuple[int, int] | None = None):
@@ -139,10 +180,17 @@ def beam_search(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array,
     -> (tokens int32[B, L], scores float32[B] raw log-prob of the chosen beam).
     beam_size 1 gives exactly greedy's result.
     """
+    dec = _incremental(decoder)
     tokens, prompt_len, start = _prepare(prompt, prompt_len, pad_id)
     batch, length = tokens.shape
     k = beam_size
-    enc = jnp.repeat(encoded, k, axis=0)  # [B*K, N, D]
+    # One prefill per example; the beams of an example share its static part (the encoder's
+    # keys/values) and start from copies of its state, which follows its beam from then on.
+    logits, static, state = dec.prefill(encoded, tokens)
+    copies = lambda tree: jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), tree)  # noqa: E731
+    static, state = copies(static), copies(state)
+    logp = copies(_log_softmax(jax.lax.dynamic_index_in_dim(logits, start - 1, axis=1,
+                                                            keepdims=False)))  # [B*K, V]
     beams = jnp.repeat(tokens[:, None], k, axis=1)  # [B, K, L]
     # Only beam 0 is live at first, so the K identical copies don't fill the beam with duplicates.
     scores = jnp.tile(jnp.array([0.0] + [NEG] * (k - 1), jnp.float32)[None], (batch, 1))
@@ -155,13 +203,12 @@ def beam_search(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array,
         if allowed_flat.ndim == 3:
             allowed_flat = jnp.repeat(allowed_flat, k, axis=0)
 
-    def cond(state):
-        pos, _, _, done, _ = state
+    def cond(carry):
+        pos, _, _, done, *_ = carry
         return (pos < length) & ~jnp.all(done)
 
-    def body(state):
-        pos, beams, scores, done, gen_len = state
-        logp = _next_logprobs(decode_fn, enc, beams.reshape(batch * k, length), pos)
+    def body(carry):
+        pos, beams, scores, done, gen_len, state, logp = carry  # logp [B*K, V]: token at pos
         vocab = logp.shape[-1]
         flat = beams.reshape(batch * k, length)
         ok = _step_mask(allowed_flat, pos - flat_len, vocab)
@@ -176,14 +223,17 @@ def beam_search(decode_fn: DecodeFn, encoded: jax.Array, prompt: jax.Array,
         scores, idx = jax.lax.top_k(cand, k)
         src, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
         beams = jnp.take_along_axis(beams, src[..., None], axis=1).at[:, :, pos].set(tok)
+        rows = (jnp.arange(batch)[:, None] * k + src).reshape(-1)
+        state = jax.tree.map(lambda x: x[rows], state)
         was_done = jnp.take_along_axis(done, src, axis=1)
         generating = ~forced[..., 0] & ~was_done
         done = was_done | (generating & (tok == eos_id))
         gen_len = jnp.take_along_axis(gen_len, src, axis=1) + generating
-        return pos + 1, beams, scores, done, gen_len
+        logits, state = dec.step(static, state, tok.reshape(-1), pos)
+        return pos + 1, beams, scores, done, gen_len, state, _log_softmax(logits)
 
-    state = (start, beams, scores, done, gen_len)
-    _, beams, scores, _, gen_len = jax.lax.while_loop(cond, body, state)
+    carry = (start, beams, scores, done, gen_len, state, logp)
+    _, beams, scores, _, gen_len, _, _ = jax.lax.while_loop(cond, body, carry)
     norm = scores / jnp.maximum(gen_len, 1).astype(jnp.float32) ** length_penalty
     best = jnp.argmax(norm, axis=1)
     tokens = jnp.take_along_axis(beams, best[:, None, None], axis=1)[:, 0]

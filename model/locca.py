@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from model.decoder import Decoder
+from model import generate
+from model.decoder import Decoder, make_incremental
 from model.vit import ViT
 
 
@@ -57,13 +58,14 @@ class LocCa(nn.Module):
         return encoded
 
     def decode(self, encoded: jax.Array, inputs: jax.Array, *, parallel: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, **cache_args: Any) -> Any:
         """encoded float[B, N, D], inputs int[B, L], parallel bool[B] | None -> float32[B, L, V].
 
         `parallel[b]` True makes example b's self-attention bidirectional (CapPa); its target
         inputs must already be mask tokens (tasks.parallel_inputs). None means all causal.
+        `cache_args` (return_cache / cache, pos) are the KV-cache modes of `Decoder.__call__`.
         """
-        return self.txt(encoded, inputs, parallel, train=train)
+        return self.txt(encoded, inputs, parallel, train=train, **cache_args)
 
     def __call__(self, images: jax.Array, inputs: jax.Array, *,
                  parallel: jax.Array | None = None, train: bool = False) -> jax.Array:
@@ -92,3 +94,11 @@ def make_decode_fn(model: LocCa, params: Any):
         return model.apply({"params": params}, encoded, inputs, method="decode")
 
     return decode_fn
+
+
+def make_incremental_decoder(model: LocCa, params: Any) -> generate.IncrementalDecoder:
+    """The KV-cached decoder for model/generate.py: same tokens as `make_decode_fn`, a fraction
+    of the work (one single-position pass per generated token)."""
+    return make_incremental(
+        lambda encoded, inputs, **kw: model.apply({"params": params}, encoded, inputs,
+                                                  method="decode", **kw))

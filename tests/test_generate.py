@@ -136,15 +136,20 @@ def test_location_constraint_forces_loc_tokens_then_eos(setup):
     assert not (np.asarray(tokens)[1, 4:] >= loc_start).any()
 
 
-def test_generation_with_a_tiny_locca_matches_a_step_by_step_loop():
-    cfg = get_config("tiny", vocab_size=V, max_len=L, image_size=16, width=32, num_heads=2,
-                     mlp_dim=64, depth=1, dec_depth=1)
+def random_locca(vocab: int, max_len: int, dec_depth: int, rng: np.random.Generator):
+    """A 32-wide LocCa with N(0, 0.25) values in every parameter (an abstract init avoids
+    compiling the initializers; the real init's zero head would make every step a tie)."""
+    cfg = get_config("tiny", vocab_size=vocab, max_len=max_len, image_size=16, width=32,
+                     num_heads=2, mlp_dim=64, depth=1, dec_depth=dec_depth)
     model = LocCa(cfg)
-    # Random values everywhere (an abstract init avoids compiling the initializers); the real
-    # init's zero head would make every step a tie.
-    rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.5,
                           param_shapes(model))
+    return model, params
+
+
+def test_generation_with_a_tiny_locca_matches_a_step_by_step_loop():
+    rng = np.random.default_rng(0)
+    model, params = random_locca(V, L, 1, rng)
     encoded = jnp.asarray(rng.normal(size=(2, 4, 32)), jnp.float32)
     decode_fn = make_decode_fn(model, params)
     prompt = np.zeros((2, L), np.int32)
