@@ -27,8 +27,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Lint rules only: the code is wrapped by hand at 100 columns (big_vision's style), which
+# `ruff format` would rewrite wholesale (~3,800 lines), so the formatter is not part of the check.
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
