@@ -1,11 +1,12 @@
 """Finding the trainer's checkpoints without touching its CheckpointManager.
 
-Discovery is read-only on WORKDIR/checkpoints: Orbax's `checkpoint_utils` lists only finalized
-steps (a `<step>.orbax-checkpoint-tmp` dir left by a killed save is not a step) and
-`checkpoints_iterator` waits for new ones. The iterator deep-copies each step it yields into a
-snapshot dir so the trainer's keep-N cleanup cannot delete it mid-evaluation; we point that dir at
-WORKDIR/eval/snapshots/<host>-<pid> (never the trainer's dir, and one per job, because the iterator
-deletes every snapshot it finds in its dir when it starts).
+Discovery is read-only on WORKDIR/checkpoints: Orbax's step name format lists only finalized steps
+(a `<step>.orbax-checkpoint-tmp` dir left by a killed save is not a step). The newest step is
+evaluated from a private copy of its `params` item, so the trainer's keep-N cleanup cannot delete
+it mid-evaluation. Only the params are copied (Orbax's `checkpoints_iterator` snapshot copies the
+whole step: optimizer state and data iterator too, ~3x the params with Adam), into a local dir,
+one per job: WORKDIR/eval/snapshots/<host>-<pid> for a local WORKDIR, the temp dir for a cloud
+one. A copy left by a killed job on this host is removed by the next job.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,6 +70,35 @@ def _clean_dead_snapshots(root: Path) -> None:
             pass
 
 
+def snapshot_root(workdir: str) -> Path:
+    """Local dir that holds every job's snapshot dir (see the module docstring)."""
+    if "://" in str(workdir):
+        return Path(tempfile.gettempdir()) / "locca-eval-snapshots"
+    return Path(workdir) / "eval" / "snapshots"
+
+
+def snapshot_params(step_dir: epath.Path, dest: Path) -> Path | None:
+    """Copies step_dir/params to dest/params (atomically: a tmp dir, then a rename). Returns dest,
+    or None when the step vanished meanwhile (the trainer's keep-N got there first)."""
+    src = epath.Path(step_dir) / "params"
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if "://" in str(src):
+            for f in src.rglob("*"):
+                if f.is_file():
+                    out = tmp / "params" / f.relative_to(src)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    f.copy(epath.Path(out), overwrite=True)
+        else:
+            shutil.copytree(src, tmp / "params")
+    except FileNotFoundError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    tmp.rename(dest)
+    return dest
+
+
 def watch(
     workdir: str,
     sweep: Callable[[dict[int, epath.Path]], bool],
@@ -77,44 +108,43 @@ def watch(
     log: Callable[[str], None] = print,
 ) -> None:
     """Calls `sweep({step: path})` with every finalized step whenever a new checkpoint appears and
-    whenever the wait times out (so work abandoned by a dead job is picked up). `sweep` returns True
+    whenever a poll finds none (so work abandoned by a dead job is picked up). `sweep` returns True
     when every step it was given is fully evaluated. Stops once WORKDIR/DONE exists and the last
     sweep covered everything, or when no new checkpoint came for `idle_timeout_s`.
     """
-    from orbax.checkpoint import checkpoint_utils
-
-    snap_root = Path(workdir) / "eval" / "snapshots"
+    snap_root = snapshot_root(workdir)
     _clean_dead_snapshots(snap_root)
     snap_dir = snap_root / f"{socket.gethostname()}-{os.getpid()}"
     snap_dir.mkdir(parents=True, exist_ok=True)
     last_progress = time.time()
 
-    def paths(latest: int | None) -> dict[int, epath.Path]:
+    def paths(latest: int | None, snap: Path | None) -> dict[int, epath.Path]:
         out = {s: step_path(workdir, s) for s in finalized_steps(workdir)}
-        # The newest step is read from the iterator's private copy, safe from keep-N deletion.
-        snap = epath.Path(snap_dir) / str(latest)
-        if latest in out and (snap / "params").exists():
-            out[latest] = snap
+        if latest is not None and snap is not None:
+            out[latest] = epath.Path(snap)  # the private copy, safe from keep-N deletion
         return out
 
-    def finished() -> bool:
-        complete = sweep(paths(None))
-        if final_step(workdir) is not None and complete:
-            log("training finished (DONE) and every checkpoint is evaluated: stopping")
-            return True
-        if idle_timeout_s is not None and time.time() - last_progress > idle_timeout_s:
-            log(f"no new checkpoint for {idle_timeout_s:.0f}s: stopping (--timeout)")
-            return True
-        return False
-
+    latest = None
     try:
-        for latest in checkpoint_utils.checkpoints_iterator(
-            checkpoint_dir(workdir), seconds_to_sleep=poll_s, timeout=poll_s,
-            timeout_fn=finished, snapshot_dir=epath.Path(snap_dir.resolve()),
-        ):
-            last_progress = time.time()
-            log(f"new checkpoint: step {latest}")
-            sweep(paths(latest))
+        while True:
+            steps = finalized_steps(workdir)
+            if steps and steps[-1] != latest:
+                latest = steps[-1]
+                last_progress = time.time()
+                log(f"new checkpoint: step {latest}")
+                for old in snap_dir.iterdir():  # only the newest step is kept
+                    shutil.rmtree(old, ignore_errors=True)
+                snap = snapshot_params(step_path(workdir, latest), snap_dir / str(latest))
+                sweep(paths(latest, snap))
+                continue
+            complete = sweep(paths(None, None))
+            if final_step(workdir) is not None and complete:
+                log("training finished (DONE) and every checkpoint is evaluated: stopping")
+                return
+            if idle_timeout_s is not None and time.time() - last_progress > idle_timeout_s:
+                log(f"no new checkpoint for {idle_timeout_s:.0f}s: stopping (--timeout)")
+                return
+            time.sleep(poll_s)
     finally:
         shutil.rmtree(snap_dir, ignore_errors=True)
 

@@ -96,3 +96,44 @@ def test_checkpoints_restore_from_relative_paths(tmp_path, tok, monkeypatch):
     for other in (absolute, trainer_side):
         same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), relative, other)
         assert all(jax.tree.leaves(same))
+
+
+def test_watch_evaluates_the_newest_step_from_a_params_only_copy(tmp_path, tok):
+    """The snapshot that protects the newest step from keep-N deletion holds its params item
+    only (not the optimizer state), restores like the original, and is gone when watch ends."""
+    import jax
+    import numpy as np
+
+    from evaluation import watch
+    from evaluation.checkpoint import TrainRun
+
+    tok_path, tokenizer = tok
+    workdir = tmp_path / "run"
+    make_workdir(workdir, tok_path, tokenizer.vocab_size, steps=(1, 2), done=True)
+    seen = []
+
+    def sweep(paths):
+        newest = paths[max(paths)]
+        if not seen:  # the first sweep is the new-checkpoint one
+            seen.append((sorted(paths), newest, sorted(p.name for p in Path(newest).iterdir())))
+            run = TrainRun.load(str(workdir))
+            copy, original = (run.restore_params(d) for d in (newest, paths[1].parent / "2"))
+            for a, b in zip(jax.tree.leaves(copy), jax.tree.leaves(original), strict=True):
+                np.testing.assert_array_equal(a, b)
+        return True
+
+    watch.watch(str(workdir), sweep, poll_s=1, idle_timeout_s=30, log=lambda _: None)
+    steps, newest, items = seen[0]
+    assert steps == [1, 2]
+    assert Path(newest).parent.parent == workdir / "eval" / "snapshots"
+    assert items == ["params"]  # no train_state copy
+    assert not Path(newest).exists()  # removed when watch ended
+    assert {p.name for p in (workdir / "checkpoints" / "2").iterdir()} >= {
+        "params", "train_state"}  # the trainer's step untouched
+
+
+def test_a_step_deleted_before_its_copy_is_skipped(tmp_path):
+    from evaluation import watch
+
+    assert watch.snapshot_params(tmp_path / "checkpoints" / "7", tmp_path / "snap" / "7") is None
+    assert not (tmp_path / "snap").exists() or not any((tmp_path / "snap").iterdir())
