@@ -104,9 +104,10 @@ class Attention(nn.Module):
         if kv is None:
             k, v = dense(name="key")(kv_inputs), dense(name="value")(kv_inputs)
         elif write_at is not None:
+            new_k, new_v = dense(name="key")(kv_inputs), dense(name="value")(kv_inputs)
             at = (0, write_at, 0, 0)
-            k = jax.lax.dynamic_update_slice(kv[0], dense(name="key")(kv_inputs).astype(kv[0].dtype), at)
-            v = jax.lax.dynamic_update_slice(kv[1], dense(name="value")(kv_inputs).astype(kv[1].dtype), at)
+            k = jax.lax.dynamic_update_slice(kv[0], new_k.astype(kv[0].dtype), at)
+            v = jax.lax.dynamic_update_slice(kv[1], new_v.astype(kv[1].dtype), at)
         else:
             k, v = kv
         y = nn.dot_product_attention(query, k, v, mask=mask, dtype=self.dtype)
