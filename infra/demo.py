@@ -1,13 +1,15 @@
 """`make demo`: the whole system end to end, offline, on the built-in sample corpus.
 
     python infra/demo.py            # what `make demo` runs (after creating .venv)
-    FRESH=1 python infra/demo.py    # redo every stage instead of reusing finished ones
+    FRESH=1 python infra/demo.py    # redo every stage from nothing instead of reusing them
 
 Every stage is its real command (the same one a user runs in the cloud), called in turn as a
 subprocess; its output goes to the terminal and to runs/demo/logs/<stage>.log. A finished stage is
 recorded in runs/demo/stages/<stage>.json with its command and reused on the next run while the command
 is unchanged. Training resumes from its own checkpoints, so Ctrl-C and `make demo` again continues
-where it stopped. A failing stage stops the demo with its name, log path and the command to rerun it.
+where it stopped. A stage that is redone (FRESH=1, an input stage redone, or a changed command)
+first has its outputs removed, so it cannot continue from another run's checkpoints or scores.
+A failing stage stops the demo with its name, log path and the command to rerun it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +43,10 @@ class Stage:
     cmd: list[str]
     description: str
     deps: tuple[str, ...] = ()
+    # What the stage writes. Cleared before the stage is redone, so a redone stage never
+    # continues from another run's files (a trainer would resume from the old checkpoint, an
+    # evaluator would skip the steps it already scored).
+    outputs: tuple[Path, ...] = ()
 
     @property
     def marker(self) -> Path:
@@ -93,6 +100,7 @@ def stages() -> list[Stage]:
                 "0",
             ],
             "build the synthetic web corpus and held-out RefCOCO-style splits",
+            outputs=(corpus,),
         ),
         Stage(
             "annotate",
@@ -109,6 +117,7 @@ def stages() -> list[Stage]:
             ],
             "pseudo-label the corpus with the Beam pipeline and write ArrayRecord shards",
             deps=("corpus",),
+            outputs=(shards,),
         ),
         Stage(
             "tokenizer",
@@ -129,6 +138,7 @@ def stages() -> list[Stage]:
             ],
             "train the SentencePiece tokenizer with the 1024 location tokens",
             deps=("annotate",),
+            outputs=(tok.parent,),
         ),
     ]
     for name, config in (("locca", "tiny"), ("cap", "cap_tiny")):
@@ -144,6 +154,7 @@ def stages() -> list[Stage]:
                 ],
                 f"train {'LocCa' if name == 'locca' else 'the plain captioner baseline'} ({config})",
                 deps=("tokenizer",),
+                outputs=(RUN_DIR / name,),
             )
         )
     for name in ("locca", "cap"):
@@ -158,6 +169,7 @@ def stages() -> list[Stage]:
                 ],
                 f"evaluate the {name} checkpoints (REC, frozen-encoder transfer, CIDEr)",
                 deps=(f"train_{name}",),
+                outputs=(RUN_DIR / name / "eval",),
             )
         )
     out.append(
@@ -169,6 +181,27 @@ def stages() -> list[Stage]:
         )
     )
     return out
+
+
+def plan(stage: Stage, *, fresh: bool, redone: set[str]) -> str:
+    """"reuse" a finished stage; "resume" one that never finished (Ctrl-C: the trainer goes on
+    from its checkpoint); "redo" it from nothing when FRESH=1, when an input stage was redone
+    or when it finished with another command."""
+    if fresh or redone.intersection(stage.deps):
+        return "redo"
+    if stage.is_done():
+        return "reuse"
+    return "resume" if not stage.marker.exists() else "redo"
+
+
+def clear_outputs(stage: Stage) -> None:
+    stage.marker.unlink(missing_ok=True)
+    for path in stage.outputs:
+        if path.is_dir():
+            print(f"  (removing {_rel(path)}: redone from nothing)")
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _run(stage: Stage) -> int:
@@ -215,11 +248,14 @@ def main() -> int:
     redone: set[str] = set()  # a stage whose input was redone is redone too
     for i, stage in enumerate(all_stages, 1):
         header = f"[{i}/{len(all_stages)}] {stage.name}: {stage.description}"
-        if not fresh and stage.is_done() and not redone.intersection(stage.deps):
+        action = plan(stage, fresh=fresh, redone=redone)
+        if action == "reuse":
             print(f"{header} -- done earlier, reusing (FRESH=1 redoes it)")
             timings[stage.name] = json.loads(stage.marker.read_text()).get("seconds")
             continue
         print(f"{header}\n  $ {stage.shell()}")
+        if action == "redo":
+            clear_outputs(stage)
         t0 = time.time()
         rc = _run(stage)
         if rc != 0:

@@ -167,3 +167,42 @@ def test_reliance_table_shows_each_models_figure(run_dir: Path):
     assert "Cap: caption tokens" not in section  # no such result: no row
     empty = demo_report.reliance_table({"locca": {}, "cap": {}})
     assert empty == ""
+
+
+def test_a_redone_stage_starts_from_nothing_and_an_interrupted_one_resumes(tmp_path: Path,
+                                                                            monkeypatch):
+    """Each fake stage appends a line to its output file, as a resuming trainer adds steps to
+    its checkpoints: one line = started from nothing, two = continued a previous run's output."""
+    monkeypatch.setattr(demo, "RUN_DIR", tmp_path)
+
+    def append(name: str, extra: str = "") -> list[str]:
+        out = tmp_path / name / "out.txt"
+        code = (f"import pathlib; p = pathlib.Path({str(out)!r}); p.parent.mkdir(exist_ok=True); "
+                f"p.open('a').write('x\\n'){extra}")
+        return [sys.executable, "-c", code]
+
+    commands = {"a": append("a"), "b": append("b")}
+    monkeypatch.setattr(demo, "stages", lambda: [
+        demo.Stage("a", commands["a"], "first", outputs=(tmp_path / "a",)),
+        demo.Stage("b", commands["b"], "second", deps=("a",), outputs=(tmp_path / "b",)),
+    ])
+
+    def lines() -> dict[str, int]:
+        return {n: len((tmp_path / n / "out.txt").read_text().splitlines()) for n in "ab"}
+
+    def run(fresh: bool = False) -> None:
+        monkeypatch.setenv("FRESH", "1" if fresh else "0")
+        assert demo.main() == 0
+
+    run()
+    assert lines() == {"a": 1, "b": 1}
+    run()  # both reused
+    assert lines() == {"a": 1, "b": 1}
+    run(fresh=True)  # both redone from nothing, not continued
+    assert lines() == {"a": 1, "b": 1}
+    (tmp_path / "stages" / "b.json").unlink()  # b interrupted: it continues its own output
+    run()
+    assert lines() == {"a": 1, "b": 2}
+    commands["a"] = append("a", "; print('changed')")  # a's command changed: a and b redone
+    run()
+    assert lines() == {"a": 1, "b": 1}
