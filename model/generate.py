@@ -9,7 +9,7 @@ model:
 - a plain `decode_fn(encoded, inputs int32[B, L]) -> logits float[B, L, V]` (any decoder, e.g.
   `locca.make_decode_fn(model, params)`): every step re-runs it over the whole fixed-length
   buffer (`from_decode_fn`), up to ~L times the work of the cached form. Same tokens, same scores
-  (tests/test_generate.py checks the two agree).
+  (tests/test_kv_cache.py checks the two agree).
 Shapes stay fixed either way, so the loop compiles once under jit (lax.while_loop, which also stops
 when every sequence has ended).
 
@@ -26,7 +26,6 @@ constraint removes tokens, it does not renormalize). `box_order=(loc_start, num_
 one constraint a fixed table cannot express: in each generated box (y1 x1 y2 x2), y2 >= y1 and
 x2 >= x1, so a model unsure of an edge picks the best well-formed box instead of a malformed one
 (the 3rd and 4th location token of every 4 are bounded below by the token two steps before).
-
 """
 
 from __future__ import annotations
