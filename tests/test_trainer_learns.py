@@ -1,5 +1,5 @@
 """The `tiny` config learns on a small shapes corpus: the loss falls clearly within a few hundred
-steps, and greedy `aref` outputs (unconstrained) are well-formed boxes near the named object."""
+steps, and greedy `aref` boxes land nearer the named object than the constant box does."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def _train(tmp_path: Path, steps: int | None, batch: int | None) -> tuple[Path, 
     return workdir, c
 
 
-def _aref_boxes(tmp_path: Path, workdir: Path, c) -> tuple[list, list]:
-    """Unconstrained greedy `aref` on 16 held-out images: (decoded boxes or None, records)."""
+def _aref_boxes(tmp_path: Path, workdir: Path, c, *, constrained: bool) -> tuple[list, list]:
+    """Greedy `aref` on 16 held-out images: (decoded boxes or None, records). constrained: the
+    REC evaluator's decoding (four location tokens with y2 >= y1, x2 >= x1, then EOS)."""
     config = json.loads((workdir / "config.json").read_text())
     model = LocCa(ml_collections.ConfigDict(config["model"]))  # as eval would build it
     params = restore_params(str(workdir / "checkpoints" / str(c.total_steps) / "params"))
@@ -67,11 +68,24 @@ def _aref_boxes(tmp_path: Path, workdir: Path, c) -> tuple[list, list]:
         ids = tasks.make_prompt("aref", tok, phrase=rec.phrases[0])
         prompts[i, : len(ids)], plen[i] = ids, len(ids)
     encoded = model_fns.encode(params, model, batch["image"])
+    kw = {}
+    if constrained:
+        kw = dict(allowed=generate.loc_constraint(tok.vocab_size, tok.loc_start,
+                                                  eos_id=tok.eos_id),
+                  box_order=(tok.loc_start, tasks.NUM_BINS))
     out, _ = jax.jit(lambda e, p, n: generate.greedy(
         model_fns.make_decode_fn(params, model), e, p, n, eos_id=tok.eos_id,
-        pad_id=tok.pad_id))(encoded, prompts, plen)
+        pad_id=tok.pad_id, **kw))(encoded, prompts, plen)
     gen = generate.generated(np.asarray(out), plen, tok.eos_id)
     return [tasks.decode_target("aref", ids + [tok.eos_id], tok).box for ids in gen], records
+
+
+def _mean_training_box(tmp_path: Path) -> np.ndarray:
+    boxes = []
+    for path in (tmp_path / "data").glob("train-*.array_record"):
+        for r in ArrayRecordReader(str(path)).read_all():
+            boxes += list(record_lib.decode(r).boxes)
+    return np.mean(boxes, axis=0)
 
 
 @pytest.mark.slow
@@ -84,11 +98,25 @@ def test_loss_falls_within_a_few_hundred_steps(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_tiny_budget_gives_well_formed_aref_boxes(tmp_path: Path):
-    """The full `tiny` budget (15-30 min on 2 shared cores; measured: 16/16 well-formed, mean IoU 0.33): aref writes boxes without a constraint."""
+def test_tiny_budget_localises_the_named_object(tmp_path: Path):
+    """The full `tiny` budget (700 steps, ~6 min): with the REC evaluator's decoding, `aref` boxes
+    overlap the named object more than the constant box (the mean training box) does, and without
+    any constraint the decoder still answers with location tokens.
+
+    Since the recipe's Gaussian location targets (training/configs/locca.py), unconstrained
+    greedy boxes are often inverted (y2 < y1: each edge is its own wide distribution), which the
+    evaluators' `box_order` constraint exists for; on this corpus the unconstrained boxes were
+    10/16 well-formed in the run that retired the old ">= 12/16 well-formed" assertion.
+    """
     workdir, c = _train(tmp_path, None, None)
-    boxes, records = _aref_boxes(tmp_path, workdir, c)
-    good = [b for b in boxes if b is not None]
-    assert len(good) >= 12, boxes
-    ious = [_iou(b, r.boxes[0]) for b, r in zip(boxes, records, strict=True) if b is not None]
-    print(f"aref: {len(good)}/16 well-formed, mean IoU {np.mean(ious):.2f}")
+    boxes, records = _aref_boxes(tmp_path, workdir, c, constrained=True)
+    assert all(b is not None for b in boxes), boxes  # the constraint guarantees the form
+    truth = [r.boxes[0] for r in records]
+    ious = [_iou(b, t) for b, t in zip(boxes, truth, strict=True)]
+    prior = _mean_training_box(tmp_path)
+    prior_ious = [_iou(prior, t) for t in truth]
+    free, _ = _aref_boxes(tmp_path, workdir, c, constrained=False)
+    print(f"aref: mean IoU {np.mean(ious):.3f} (constant box {np.mean(prior_ious):.3f}); "
+          f"unconstrained: {sum(b is not None for b in free)}/16 well-formed")
+    assert np.mean(ious) > np.mean(prior_ious) + 0.05, (ious, prior_ious)
+    assert sum(b is not None for b in free) >= 8, free
