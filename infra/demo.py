@@ -184,9 +184,9 @@ def stages() -> list[Stage]:
 
 
 def plan(stage: Stage, *, fresh: bool, redone: set[str]) -> str:
-    """"reuse" a finished stage; "resume" one that never finished (Ctrl-C: the trainer goes on
-    from its checkpoint); "redo" it from nothing when FRESH=1, when an input stage was redone
-    or when it finished with another command."""
+    """What to do with a stage: "reuse" it when finished; "resume" it when it never finished
+    (Ctrl-C: the trainer goes on from its checkpoint); "redo" it from nothing when FRESH=1, when
+    an input stage was redone or when it finished with another command."""
     if fresh or redone.intersection(stage.deps):
         return "redo"
     if stage.is_done():
