@@ -97,8 +97,9 @@ def make_decode_fn(model: LocCa, params: Any):
 
 
 def make_incremental_decoder(model: LocCa, params: Any) -> generate.IncrementalDecoder:
-    """The KV-cached decoder for model/generate.py: same tokens as `make_decode_fn`, a fraction
-    of the work (one single-position pass per generated token)."""
+    """The KV-cached decoder for model/generate.py: the tokens of `make_decode_fn` (but where two
+    candidates tie within float rounding), a fraction of the work (one single-position pass per
+    generated token)."""
     return make_incremental(
         lambda encoded, inputs, **kw: model.apply({"params": params}, encoded, inputs,
                                                   method="decode", **kw))
