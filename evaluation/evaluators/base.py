@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import ml_collections
+import numpy as np
 from etils import epath
 
 from evaluation.checkpoint import TrainRun
@@ -83,3 +85,22 @@ def shared_images(run: TrainRun, shared: dict):
     if "images" not in shared:
         shared["images"] = ImageCache(int(run.model_config.image_size))
     return shared["images"]
+
+
+def encoded_rows(paths: Sequence[str], encode: Callable[[list[str]], np.ndarray],
+                 images_per_chunk: int) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Encodes each distinct image once, however many rows use it (a RefCOCO split has several
+    expressions per image), in chunks of `images_per_chunk` images (sorted by path).
+
+    paths: the image of each row; encode: image paths -> float[B, N, D].
+    Yields, per chunk, (row indices, their encoded images float[R, N, D]); rows by path, then index.
+    """
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for i, path in enumerate(paths):
+        rows_of[path].append(i)
+    unique = sorted(rows_of)
+    for c in range(0, len(unique), images_per_chunk):
+        chunk = unique[c : c + images_per_chunk]
+        encoded = encode(chunk)
+        rows = [i for p in chunk for i in rows_of[p]]
+        yield rows, encoded[[j for j, p in enumerate(chunk) for _ in rows_of[p]]]

@@ -93,22 +93,16 @@ class Evaluator:
         return [self.pool_paths[k] for k in other]
 
     def _nll(self, params, rows, paths: list[str]) -> np.ndarray:
-        """float32[N, L] token NLL of the rows, row i decoded against the image at paths[i].
-
-        Each distinct image is encoded once (a split has several expressions per image), in
-        chunks of batch_size images, as rec_common.predict_boxes does.
-        """
+        """float32[N, L] token NLL of the rows, row i decoded against the image at paths[i]
+        (each distinct image encoded once: base.encoded_rows)."""
         inputs = np.stack([r[2].inputs for r in rows])
         targets = np.stack([r[2].targets for r in rows])
         out = np.zeros(inputs.shape, np.float32)
-        unique = sorted(set(paths))
-        step = self.predictor.batch_size
-        for c in range(0, len(unique), step):
-            chunk = unique[c : c + step]
-            index = {p: j for j, p in enumerate(chunk)}
-            encoded = self.predictor.encode(params, self.images.batch(chunk))
-            sel = [i for i, p in enumerate(paths) if p in index]
-            gathered = encoded[[index[paths[i]] for i in sel]]
+
+        def encode(chunk):
+            return self.predictor.encode(params, self.images.batch(chunk))
+
+        for sel, gathered in base.encoded_rows(paths, encode, self.predictor.batch_size):
             out[sel] = self.predictor.token_nll(params, gathered, inputs[sel], targets[sel])
         return out
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from evaluation.data.refcoco import RecExample
+from evaluation.evaluators.base import encoded_rows
 from evaluation.metrics import rec_scores
 from model import tasks
 
@@ -19,16 +20,10 @@ EncodeFn = Callable[[list[str]], np.ndarray]
 def predict_boxes(examples: Sequence[RecExample], encode: EncodeFn, generate: GenerateFn,
                   tokenizer, images_per_chunk: int = 32) -> list[np.ndarray | None]:
     """One predicted box (float32[4] normalized) or None (malformed) per example, in order."""
-    order = sorted(range(len(examples)), key=lambda i: examples[i].image_path)
     preds: list[np.ndarray | None] = [None] * len(examples)
-    paths = sorted({e.image_path for e in examples})
-    for c in range(0, len(paths), images_per_chunk):
-        chunk = paths[c : c + images_per_chunk]
-        index = {p: j for j, p in enumerate(chunk)}
-        encoded = encode(chunk)
-        rows = [i for i in order if examples[i].image_path in index]
+    paths = [e.image_path for e in examples]
+    for rows, gathered in encoded_rows(paths, encode, images_per_chunk):
         prompts = [tasks.make_prompt("aref", tokenizer, phrase=examples[i].sentence) for i in rows]
-        gathered = encoded[[index[examples[i].image_path] for i in rows]]
         for i, ids in zip(rows, generate(gathered, prompts), strict=True):
             preds[i] = tasks.decode_target("aref", ids, tokenizer).box
     return preds
