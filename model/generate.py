@@ -77,6 +77,13 @@ def _incremental(decoder: DecodeFn | IncrementalDecoder) -> IncrementalDecoder:
 
 def _log_softmax(logits: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def _prefill(dec: IncrementalDecoder, encoded, tokens, start):
+    """(static, state, log-probs float32[B, V] of the token at `start`) from the prompt buffer."""
+    logits, static, state = dec.prefill(encoded, tokens)
+    last = jax.lax.dynamic_index_in_dim(logits, start - 1, axis=1, keepdims=False)
+    return static, state, _log_softmax(last)
 NEG = -1e9  # finite "minus infinity": sums of masked scores stay NaN-free
 
 
@@ -141,8 +148,7 @@ def greedy(decoder: DecodeFn | IncrementalDecoder, encoded: jax.Array, prompt: j
     dec = _incremental(decoder)
     tokens, prompt_len, start = _prepare(prompt, prompt_len, pad_id)
     batch, length = tokens.shape
-    logits, static, state = dec.prefill(encoded, tokens)
-    logp = _log_softmax(jax.lax.dynamic_index_in_dim(logits, start - 1, axis=1, keepdims=False))
+    static, state, logp = _prefill(dec, encoded, tokens, start)
     init = (start, tokens, jnp.zeros(batch, bool), jnp.zeros(batch, jnp.float32), state, logp)
 
     def cond(carry):
@@ -185,11 +191,8 @@ def beam_search(decoder: DecodeFn | IncrementalDecoder, encoded: jax.Array, prom
     k = beam_size
     # One prefill per example; the beams of an example share its static part (the encoder's
     # keys/values) and start from copies of its state, which follows its beam from then on.
-    logits, static, state = dec.prefill(encoded, tokens)
-    copies = lambda tree: jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), tree)  # noqa: E731
-    static, state = copies(static), copies(state)
-    logp = copies(_log_softmax(jax.lax.dynamic_index_in_dim(logits, start - 1, axis=1,
-                                                            keepdims=False)))  # [B*K, V]
+    static, state, logp = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0),
+                                       _prefill(dec, encoded, tokens, start))  # B*K rows
     beams = jnp.repeat(tokens[:, None], k, axis=1)  # [B, K, L]
     # Only beam 0 is live at first, so the K identical copies don't fill the beam with duplicates.
     scores = jnp.tile(jnp.array([0.0] + [NEG] * (k - 1), jnp.float32)[None], (batch, 1))
