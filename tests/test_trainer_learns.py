@@ -13,7 +13,7 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
 from model import generate, tasks
-from model.locca import LocCa
+from model.locca import LocCa, make_decode_fn
 from model.tokenizer import Tokenizer
 from pipelines import record as record_lib
 from training import data as data_lib
@@ -74,7 +74,7 @@ def _aref_boxes(tmp_path: Path, workdir: Path, c, *, constrained: bool) -> tuple
                                                   eos_id=tok.eos_id),
                   box_order=(tok.loc_start, tasks.NUM_BINS))
     out, _ = jax.jit(lambda e, p, n: generate.greedy(
-        model_fns.make_decode_fn(params, model), e, p, n, eos_id=tok.eos_id,
+        make_decode_fn(model, params), e, p, n, eos_id=tok.eos_id,
         pad_id=tok.pad_id, **kw))(encoded, prompts, plen)
     gen = generate.generated(np.asarray(out), plen, tok.eos_id)
     return [tasks.decode_target("aref", ids + [tok.eos_id], tok).box for ids in gen], records

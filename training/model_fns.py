@@ -137,12 +137,3 @@ def encode(params: Any, model: Any, images: jax.Array) -> jax.Array:
 def predict_logits(params: Any, model: Any, images: jax.Array, inputs: jax.Array) -> jax.Array:
     """Teacher-forced logits float32[B, L, V] for inputs int[B, L] (autoregressive attention)."""
     return model.apply({"params": params}, model_images(images), inputs)
-
-
-def make_decode_fn(params: Any, model: Any):
-    """A `decode_fn(encoded, inputs) -> logits` for model/generate.py's greedy/beam search."""
-
-    def decode_fn(encoded: jax.Array, inputs: jax.Array) -> jax.Array:
-        return model.apply({"params": params}, encoded, inputs, method="decode")
-
-    return decode_fn
