@@ -48,15 +48,20 @@ class Predictor:
         self.max_len = int(model.config.max_len)
         self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
 
-        def _gen(params, encoded, prompt, prompt_len, allowed, beam_size, box_order):
+        def _gen(params, encoded, prompt, prompt_len, allowed, beam_size, box_order,
+                 expected_loc):
             decoder = locca.make_incremental_decoder(model, params)  # KV-cached
             kw = dict(eos_id=eos_id, pad_id=pad_id, allowed=allowed, box_order=box_order)
             if beam_size == 1:
-                return generate.greedy(decoder, encoded, prompt, prompt_len, **kw)
+                return generate.greedy(decoder, encoded, prompt, prompt_len,
+                                       expected_loc=expected_loc, **kw)
+            if expected_loc is not None:
+                raise ValueError("expected-bin location decoding is greedy only (beam_size 1)")
             return generate.beam_search(decoder, encoded, prompt, prompt_len,
                                         beam_size=beam_size, **kw)
 
-        self._generate = jax.jit(_gen, static_argnames=("beam_size", "box_order"))
+        self._generate = jax.jit(_gen, static_argnames=("beam_size", "box_order",
+                                                        "expected_loc"))
 
         def _nll(params, encoded, inputs, targets):
             logits = model.apply({"params": params}, encoded, inputs, method="decode")
@@ -76,9 +81,10 @@ class Predictor:
 
     def generate(self, params: Any, encoded: np.ndarray, prompts: Sequence[Sequence[int]], *,
                  allowed: np.ndarray | None = None, beam_size: int = 1,
-                 box_order: tuple[int, int] | None = None) -> list[list[int]]:
+                 box_order: tuple[int, int] | None = None,
+                 expected_loc: tuple[int, int] | None = None) -> list[list[int]]:
         """encoded float[B, N, D] with one prompt per row -> the generated ids per row (after the
-        prompt, up to but excluding EOS). box_order: see model/generate.py."""
+        prompt, up to but excluding EOS). box_order, expected_loc: see model/generate.py."""
         buf, lens = prompts_array(prompts, self.max_len, self.pad_id)
         allowed_j = None if allowed is None else jnp.asarray(allowed)
         out: list[list[int]] = []
@@ -87,7 +93,8 @@ class Predictor:
             args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
                     for a in (encoded, buf, lens)]
             tokens, _ = self._generate(params, *map(jnp.asarray, args), allowed_j,
-                                       beam_size=beam_size, box_order=box_order)
+                                       beam_size=beam_size, box_order=box_order,
+                                       expected_loc=expected_loc)
             out += generate.generated(np.asarray(tokens)[:n], lens[i : i + n], self.eos_id)
         return out
 

@@ -38,6 +38,7 @@ def run_dir(tmp_path: Path) -> Path:
             (100, "rec", "val", "acc@0.5", 0.10),  # an older step: must not be used
             (200, "rec", "val", "acc@0.5", 0.70),
             (200, "rec", "testA", "acc@0.5", 0.60),
+            (200, "rec", "val", "acc@0.5_expected", 0.20),  # shown beside, not the target
             (200, "rec_transfer", "val", "acc@0.5", 0.50),
             (200, "rec_transfer", "val", "acc@0.5_untrained", 0.0),
             (
@@ -84,6 +85,7 @@ def test_targets_use_the_last_step_and_held_out_splits(run_dir: Path):
     targets = report["targets"]
     assert targets["rec_locca"]["value"] == pytest.approx(0.65)
     assert targets["rec_locca"]["passed"]
+    assert targets["rec_locca"]["expected"] == pytest.approx(0.20)
     assert targets["transfer_gap"]["value"] == pytest.approx(15.0)
     assert targets["transfer_gap"]["passed"]
     assert targets["cider_kept"]["value"] == pytest.approx(-8.0)
@@ -96,6 +98,16 @@ def test_missing_results_fail_targets_plainly(tmp_path: Path):
     report = demo_report.build(tmp_path)
     assert not any(t["passed"] for t in report["targets"].values())
     assert "NOT met" in (tmp_path / "report.html").read_text()
+
+
+def test_gallery_shows_the_argmax_predictions(run_dir: Path):
+    pred_dir = run_dir / "locca" / "eval" / "predictions"
+    row = dict(file_name="missing.jpg", sentence="the expected one", pred_box=None,
+               gt_box=[0, 0, 1, 1], iou=None)
+    # Sorts first (and at the same step): picked if the gallery did not skip other decodings.
+    (pred_dir / "rec_testA_expected_step200.jsonl").write_text(json.dumps(row) + "\n")
+    gallery = demo_report.rec_gallery(run_dir)
+    assert "rec_val_step200.jsonl" in gallery and "expected" not in gallery
 
 
 def test_html_escapes_commands(run_dir: Path):

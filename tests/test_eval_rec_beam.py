@@ -1,7 +1,9 @@
-"""The REC evaluator with beam search over the box tokens: beam 1 is greedy, beam k reports its
-own metric names and predictions file and stays well-formed under the box constraint."""
+"""The REC evaluator's decodings: beam 1 is greedy, beam k and expected-bin decoding report their
+own metric names and predictions files and stay well-formed under the box constraint."""
 
 from __future__ import annotations
+
+import json
 
 import ml_collections
 import pytest
@@ -40,3 +42,26 @@ def test_beam_one_is_greedy_and_beam_k_is_named_apart(setup):
     assert (predictions / "rec_val_step1.jsonl").exists()
     with pytest.raises(ValueError, match="beam_size"):
         _rec(setup, beam_size=0)
+
+
+def test_expected_bin_decoding_is_reported_beside_the_argmax(setup):
+    run, _, _ = setup
+    greedy = _rec(setup)
+    both = _rec(setup, loc_decodes=("argmax", "expected"))
+    for metric in ("acc@0.5", "miou", "pointing", "malformed"):
+        assert both[f"val/{metric}"] == greedy[f"val/{metric}"]
+        assert 0.0 <= both[f"val/{metric}_expected"] <= 1.0
+    assert both["val/malformed_expected"] == 0.0
+    assert both["val/count"] == 8 and "val/count_expected" not in both
+    predictions = base.epath.Path(run.workdir) / "eval" / "predictions"
+    rows = [json.loads(line) for line in
+            (predictions / "rec_val_expected_step1.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    # The random head's boxes differ between the two decodings somewhere.
+    argmax_rows = [json.loads(line) for line in
+                   (predictions / "rec_val_step1.jsonl").read_text().splitlines()]
+    assert [r["pred_box"] for r in rows] != [r["pred_box"] for r in argmax_rows]
+    with pytest.raises(ValueError, match="greedily"):
+        _rec(setup, loc_decodes=("expected",), beam_size=3)
+    with pytest.raises(ValueError, match="loc_decodes"):
+        _rec(setup, loc_decodes=("mode",))

@@ -193,3 +193,52 @@ def test_box_order_keeps_the_far_edges_beyond_the_near_ones(beam_size):
     assert y2 >= y1 and x2 >= x1
     assert (y2, x2) == (14, 15)  # the best allowed choices: 14 (3.0) over 15; then 15
     assert np.asarray(ordered)[0, 5] == EOS
+
+
+def reference_expected_greedy(table, loc_start, num_loc, box_order):
+    """Python loop: 4 constrained location tokens, each the rounded mean bin of the allowed ones."""
+    seq = [BOS]
+    for k in range(4):
+        logits = np.array(table[seq[-1]], np.float64)[loc_start:loc_start + num_loc]
+        low = seq[-2] - loc_start if box_order and k >= 2 else 0
+        logits[:low] = -np.inf
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        seq.append(loc_start + int(np.round(np.sum(p * np.arange(num_loc)))))
+    return seq
+
+
+@pytest.mark.parametrize("box_order", [False, True])
+def test_expected_bin_decoding_emits_the_mean_bin(box_order):
+    vocab, loc_start, num_loc = 40, 8, 32
+    rng = np.random.default_rng(1)
+    # Tilted location logits (the argmax sits on the last bin) plus noise, per previous token.
+    table = (np.linspace(0.0, 3.0, num_loc)[None] + rng.normal(size=(vocab, num_loc)))
+    table = np.concatenate([np.full((vocab, loc_start), -2.0), table], axis=1).astype(np.float32)
+    table[:, EOS] = -50.0
+    prompt = np.zeros((1, L), np.int32)
+    prompt[0, 0] = BOS
+    args = (jnp.zeros((1, 2, 4)), prompt, np.array([1], np.int32))
+    allowed = gen.loc_constraint(vocab, loc_start, num_loc=num_loc)
+    order = (loc_start, num_loc) if box_order else None
+    fn = markov_decode_fn(table)
+    tokens, _ = _greedy(fn, *args, allowed=allowed, box_order=order,
+                        expected_loc=(loc_start, num_loc))
+    ref = reference_expected_greedy(table, loc_start, num_loc, box_order)
+    np.testing.assert_array_equal(np.asarray(tokens)[0, :5], ref)
+    argmax, _ = _greedy(fn, *args, allowed=allowed, box_order=order)
+    assert (np.asarray(argmax)[0, 1:5] != ref[1:]).any()  # the two decodings differ here
+    if box_order:
+        y1, x1, y2, x2 = ref[1:]
+        assert y2 >= y1 and x2 >= x1
+
+
+def test_expected_bin_decoding_leaves_other_tokens_alone(setup):
+    table, prompt, prompt_len, encoded = setup
+    loc_start, num_loc = 12, 4
+    biased = table.copy()
+    biased[:, loc_start:] -= 20.0  # no location token is ever the argmax
+    fn = markov_decode_fn(biased)
+    plain, _ = _greedy(fn, encoded, prompt, prompt_len)
+    expected, _ = _greedy(fn, encoded, prompt, prompt_len, expected_loc=(loc_start, num_loc))
+    np.testing.assert_array_equal(expected, plain)

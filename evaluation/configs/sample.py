@@ -30,6 +30,8 @@ def _data(c: ml_collections.ConfigDict, refs: str = "{data_dir}/refs.json") -> d
 
 
 def _rec(c, refs="{data_dir}/refs.json", **kw):
+    # Both location decodings: the paper's argmax and the expected bin (model/generate.py).
+    kw.setdefault("loc_decodes", ("argmax", "expected"))
     return ml_collections.ConfigDict(dict(type="rec", **_data(c, refs), splits=_SPLITS,
                                           batch_size=c.batch_size,
                                           max_per_split=c.max_per_split, **kw))

@@ -4,7 +4,9 @@ Config (ConfigDict): refs (refs(unc).p / refs(umd).p / refs(google).p or refs.js
 (COCO instances.json), images (image dir), splits (default val/testA/testB), constrained (force
 4 location tokens + EOS with y2 >= y1, x2 >= x1; default True), beam_size (default 1, greedy; k > 1
 searches the k most likely boxes and reports "{split}/acc@0.5_beam{k}", ...), batch_size,
-max_per_split (0: all).
+max_per_split (0: all), loc_decodes (default ("argmax",), the paper's greedy decoding; add
+"expected" for expected-bin location tokens, model/generate.py, reported as
+"{split}/acc@0.5_expected", ...; greedy only).
 prior_split (default "train"; "" = off): the mean box of its referred objects, answered for every
 expression, is reported as "{split}/acc@0.5_prior", "{split}/miou_prior", "{split}/pointing_prior",
 the floor a model must beat to show it localises anything.
@@ -14,7 +16,8 @@ where the same model now gets its best well-formed box.
 Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/pointing",
 "{split}/count", "problems/*" and the prior rows.
 Also writes every prediction to WORKDIR/eval/predictions/rec_{split}_step{step}.jsonl
-(rec_{split}_beam{k}_step{step}.jsonl with beam_size k > 1; image,
+(rec_{split}_beam{k}_step{step}.jsonl with beam_size k > 1, rec_{split}_expected_step{step}.jsonl
+for expected-bin decoding; image,
 sentence, predicted and true boxes, IoU) for galleries and error analysis.
 """
 
@@ -34,6 +37,9 @@ from evaluation.evaluators.rec_common import predict_boxes, split_metrics
 from evaluation.metrics import box_iou
 from evaluation.predict import box_constraint
 from model.tasks import NUM_BINS as NUM_LOC
+
+# How location tokens are chosen: the argmax (the paper) or the expected bin (model/generate.py).
+LOC_DECODES = ("argmax", "expected")
 
 
 def _prior_box(config: ml_collections.ConfigDict, split: str) -> np.ndarray | None:
@@ -77,6 +83,13 @@ class Evaluator:
         self.beam_size = int(config.get("beam_size", 1))
         if self.beam_size < 1:
             raise ValueError(f"rec: beam_size must be >= 1, got {self.beam_size}")
+        self.loc_decodes = tuple(config.get("loc_decodes", ("argmax",)))
+        unknown = sorted(set(self.loc_decodes) - set(LOC_DECODES))
+        if unknown or not self.loc_decodes:
+            raise ValueError(f"rec: loc_decodes must be a non-empty subset of {LOC_DECODES}, "
+                             f"got {self.loc_decodes}")
+        if "expected" in self.loc_decodes and self.beam_size > 1:
+            raise ValueError("rec: loc_decodes 'expected' decodes greedily; use beam_size 1")
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         params = ctx.params
@@ -85,20 +98,28 @@ class Evaluator:
         def encode(paths):
             return self.predictor.encode(params, self.images.batch(paths))
 
-        def gen(encoded, prompts):
-            return self.predictor.generate(params, encoded, prompts, allowed=self.allowed,
-                                           box_order=self.box_order, beam_size=self.beam_size)
+        def generator(mode):
+            expected = (tok.loc_start, NUM_LOC) if mode == "expected" else None
+            return lambda encoded, prompts: self.predictor.generate(
+                params, encoded, prompts, allowed=self.allowed, box_order=self.box_order,
+                beam_size=self.beam_size, expected_loc=expected)
 
-        suffix = "" if self.beam_size == 1 else f"_beam{self.beam_size}"
         for split, examples in self.splits.items():
-            preds = predict_boxes(examples, encode, gen, tok, self.predictor.batch_size)
-            for name, value in split_metrics(split, examples, preds):
-                yield (name if name.endswith("/count") else name + suffix), value
+            for i, mode in enumerate(self.loc_decodes):
+                suffix = ("_expected" if mode == "expected" else
+                          "" if self.beam_size == 1 else f"_beam{self.beam_size}")
+                preds = predict_boxes(examples, encode, generator(mode), tok,
+                                      self.predictor.batch_size)
+                for name, value in split_metrics(split, examples, preds):
+                    if not name.endswith("/count"):
+                        yield name + suffix, value
+                    elif i == 0:  # the same expressions whatever the decoding
+                        yield name, value
+                self._write_predictions(ctx.step, split + suffix, examples, preds)
             if self.prior_box is not None:
                 for name, value in split_metrics(split, examples, [self.prior_box] * len(preds)):
                     if name.endswith(("/acc@0.5", "/miou", "/pointing")):
                         yield f"{name}_prior", value
-            self._write_predictions(ctx.step, split + suffix, examples, preds)
         yield from base.problems_metrics(self.data.problems)
 
     def _write_predictions(
