@@ -23,6 +23,11 @@ a `"tiny,image_size=128,dec_depth=3"` string. Fields:
   loc_embed_init  "normal" (as every other token) | "sincos": the location tokens' input
                   embeddings start as sin/cos features of the bin value, so neighbouring bins start
                   close (needs loc_start/num_loc)
+  loc_head_init   "zeros" (CapPa: the output projection starts at zero) | "gaussian": the location
+                  tokens' logits start as a Gaussian over the bins, N(u, loc_head_sigma^2) with u
+                  a linear readout of the decoder's last hidden state (model/decoder.logits_init;
+                  needs loc_start/num_loc)
+  loc_head_sigma  width of that Gaussian in image units (default 0.1 = ~102 bins)
 
 Shipped variants (SHIPPED): `tiny` runs on a 2-core CPU (ViT 192 wide, 4 deep, patch 16 at
 112 px = 49 tokens; decoder 2 deep; L=32); `S/16`, `B/16`, `L/14` are the paper-scale ones at 224 px
@@ -83,6 +88,7 @@ def get_config(arg: str = "tiny", **overrides: Any) -> ml_collections.ConfigDict
         dec_width=0, dec_depth=0, dec_num_heads=0, dec_mlp_dim=0, dec_dropout=0.0,
         vocab_size=base["vocab_size"], max_len=base["max_len"], pad_id=0, dtype="float32",
         parallel_prob=0.0, loc_start=0, num_loc=0, loc_embed_init="normal",
+        loc_head_init="zeros", loc_head_sigma=0.1,
     )
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:

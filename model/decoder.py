@@ -78,6 +78,46 @@ def embedding_init(loc_start: int, num_loc: int, kind: str):
     return init
 
 
+LOC_HEAD_INITS = ("zeros", "gaussian")
+
+
+def logits_init(loc_start: int, num_loc: int, kind: str, sigma: float = 0.1):
+    """(kernel_init, bias_init) of the output projection float[D, V].
+
+    "zeros" (CapPa): every logit starts at 0, uniform predictions. "gaussian": the location
+    columns start so that, for any final hidden state h, the location logits are
+    c * (2 * u * t_k - t_k**2) with t_k = (k + 0.5) / num_loc - 0.5 the centre of bin k,
+    u = h . d for a random direction d (|d| = 0.25, so u spreads over about +-0.25 at init) and
+    c = 1 / (2 sigma**2): the softmax over the bins is a discretised Gaussian N(u, sigma**2).
+    A model then places a box edge by moving one linear readout of h, where the zero init must
+    first shape 1,024 separate output columns into a coherent ordering (measured: teacher-forced
+    R^2 of the first box edge 0.47 -> 0.92 after 700 `tiny` steps on one-object images;
+    README "Status"). Every other column starts at zero, and all stay free parameters.
+    """
+    zeros = nn.initializers.zeros
+    if kind == "zeros" or num_loc <= 0:
+        return zeros, zeros
+    if kind != "gaussian":
+        raise ValueError(f"loc_head_init must be one of {LOC_HEAD_INITS}, got {kind!r}")
+    if not 0.0 < sigma <= 1.0:
+        raise ValueError(f"loc_head_sigma must be in (0, 1], got {sigma}")
+    c = 1.0 / (2.0 * sigma**2)
+    centres = (jnp.arange(num_loc, dtype=jnp.float32) + 0.5) / num_loc - 0.5
+
+    def kernel_init(key, shape, dtype=jnp.float32):
+        d = jax.random.normal(key, (shape[0],), jnp.float32)
+        d = 0.25 * d / jnp.linalg.norm(d)
+        cols = 2.0 * c * d[:, None] * centres[None]
+        return jnp.zeros(shape, dtype).at[:, loc_start:loc_start + num_loc].set(cols.astype(dtype))
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.zeros(shape, dtype).at[loc_start:loc_start + num_loc].set(
+            (-c * centres**2).astype(dtype))
+
+    return kernel_init, bias_init
+
+
 class Attention(nn.Module):
     """Multi-head dot-product attention with nn.MultiHeadDotProductAttention's parameters
     (query/key/value/out, no bias) and numerics, that also hands back and accepts its keys/values.
@@ -169,6 +209,9 @@ class Decoder(nn.Module):
     loc_start: int = 0
     num_loc: int = 0
     loc_embed_init: str = "normal"
+    # How the output projection starts (logits_init): "zeros" (CapPa) or "gaussian".
+    loc_head_init: str = "zeros"
+    loc_head_sigma: float = 0.1
 
     @nn.compact
     def __call__(self, encoded, inputs, parallel=None, *, train: bool = False,
@@ -214,9 +257,12 @@ class Decoder(nn.Module):
                 pos=pos)
             layers.append(kv)
         x = nn.LayerNorm(dtype=self.dtype, name="LayerNorm")(x)
-        # Zero init: uniform predictions at step 0, so the initial loss is log(V) (CapPa does this).
-        logits = nn.Dense(self.vocab_size, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                          name="LogitsDense")(x).astype(jnp.float32)
+        # Zero init (CapPa): uniform predictions at step 0, so the initial loss is log(V); or
+        # Gaussian location logits (logits_init).
+        kernel_init, bias_init = logits_init(self.loc_start, self.num_loc, self.loc_head_init,
+                                             self.loc_head_sigma)
+        logits = nn.Dense(self.vocab_size, kernel_init=kernel_init, bias_init=bias_init,
+                          dtype=self.dtype, name="LogitsDense")(x).astype(jnp.float32)
         if cache is None and not return_cache:
             return logits
         return logits, {"keys_ok": keys_ok, "self": tuple(kv["self"] for kv in layers),

@@ -50,7 +50,9 @@ class LocCa(nn.Module):
                            max_len=c.max_len, dropout=c.dec_dropout, pad_id=c.pad_id,
                            dtype=dtype, loc_start=c.get("loc_start", 0),
                            num_loc=c.get("num_loc", 0),
-                           loc_embed_init=c.get("loc_embed_init", "normal"))
+                           loc_embed_init=c.get("loc_embed_init", "normal"),
+                           loc_head_init=c.get("loc_head_init", "zeros"),
+                           loc_head_sigma=c.get("loc_head_sigma", 0.1))
 
     def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """images float[B, H, W, 3] in [-1, 1] -> encoder tokens float[B, N, D] (after the final LN)."""

@@ -1,4 +1,5 @@
-"""Soft location targets (training/loc_targets.py) and the sincos location-embedding init."""
+"""Soft location targets (training/loc_targets.py), the sincos location-embedding init and the
+Gaussian location-logits init."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.decoder import embedding_init, sincos_loc_embedding
+from model.configs import get_config
+from model.decoder import embedding_init, logits_init, sincos_loc_embedding
+from model.locca import LocCa, init_params
 from training import model_fns
 from training.loc_targets import gaussian_bin_targets, loc_soft_xent, sigma_schedule
 
@@ -155,3 +158,37 @@ def test_sincos_location_embedding_is_smooth_and_placed():
     np.testing.assert_array_equal(table[LOC_START + NUM_LOC:], plain[LOC_START + NUM_LOC:])
     with pytest.raises(ValueError, match="loc_embed_init"):
         embedding_init(LOC_START, NUM_LOC, "bogus")
+
+
+def test_gaussian_head_starts_as_a_gaussian_over_the_bins_around_a_readout():
+    sigma = 0.1
+    cfg = get_config("tiny", vocab_size=VOCAB, image_size=32, width=32, depth=1, mlp_dim=64,
+                     num_heads=2, max_len=8, loc_start=LOC_START, num_loc=NUM_LOC,
+                     loc_head_init="gaussian", loc_head_sigma=sigma)
+    model = LocCa(cfg)
+    params = init_params(model, jax.random.PRNGKey(0))
+    images = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3), minval=-1.0)
+    inputs = jax.random.randint(jax.random.PRNGKey(2), (4, 8), 1, VOCAB)
+    logits = np.asarray(model.apply({"params": params}, images, inputs), np.float64)
+    loc = logits[..., LOC_START:LOC_START + NUM_LOC].reshape(-1, NUM_LOC)
+    # Non-location logits start at zero, as with the CapPa zero init.
+    np.testing.assert_allclose(logits[..., :LOC_START], 0.0, atol=1e-6)
+    np.testing.assert_allclose(logits[..., LOC_START + NUM_LOC:], 0.0, atol=1e-6)
+    # Each row is exactly c * (2 u t - t^2): a quadratic in the bin centre t with curvature
+    # -c = -1 / (2 sigma^2), i.e. log N(t; u, sigma^2) up to a constant, peaked at its own u.
+    t = (np.arange(NUM_LOC) + 0.5) / NUM_LOC - 0.5
+    fits = np.polyfit(t, loc.T, 2)  # [3, rows]: t^2, t, 1 coefficients
+    np.testing.assert_allclose(fits[0], -1.0 / (2 * sigma**2), rtol=1e-4)
+    np.testing.assert_allclose(fits[2], 0.0, atol=1e-3)
+    u = fits[1] / (1.0 / sigma**2)
+    assert np.abs(u).max() < 1.5 and u.std() > 0.05  # the readout moves with the input
+    residual = loc - np.polyval(fits, t[:, None]).T
+    assert np.abs(residual).max() < 1e-3
+    # Different examples peak at different bins.
+    assert len(set(loc.argmax(-1).tolist())) > 4
+    zeros = logits_init(LOC_START, NUM_LOC, "zeros")
+    assert float(jnp.abs(zeros[0](jax.random.PRNGKey(0), (32, VOCAB))).max()) == 0.0
+    with pytest.raises(ValueError, match="loc_head_init"):
+        logits_init(LOC_START, NUM_LOC, "bogus")
+    with pytest.raises(ValueError, match="loc_head_sigma"):
+        logits_init(LOC_START, NUM_LOC, "gaussian", sigma=0.0)
