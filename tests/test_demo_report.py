@@ -94,6 +94,12 @@ def test_targets_use_the_last_step_and_held_out_splits(run_dir: Path):
     assert saved["metrics"]["locca"]["step"] == 200
 
 
+def test_timings_are_this_runs_stage_times(run_dir: Path):
+    # infra/demo.py writes timings.json after the report: what it holds then is the last run's.
+    (run_dir / "timings.json").write_text(json.dumps({"stages": {"corpus": 99.0}}))
+    assert demo_report.build(run_dir)["timings"] == {"corpus": 1.0}
+
+
 def test_missing_results_fail_targets_plainly(tmp_path: Path):
     report = demo_report.build(tmp_path)
     assert not any(t["passed"] for t in report["targets"].values())
