@@ -1,6 +1,7 @@
 """Generates the built-in synthetic sample corpus (offline, deterministic per seed).
 
   python pipelines/sample_corpus.py --output runs/corpus --num_train 2000 --num_eval 300 --seed 0
+  (--max_objects 1: one object per image, a corpus that tests localising without grounding)
 
 Writes
   OUTPUT/web/shard-00000.tar ...  img2dataset webdataset layout: {key}.jpg, {key}.json, {key}.txt;
@@ -27,7 +28,7 @@ if __package__ in (None, ""):
     # checkout even without `pip install -e .`.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.corpus import eval_set, web  # noqa: E402
+from pipelines.corpus import eval_set, scene, web  # noqa: E402
 
 # Below this many images, spawning worker processes costs more than it saves.
 _PARALLEL_THRESHOLD = 400
@@ -51,6 +52,7 @@ def generate(
     seed: int,
     shard_size: int = 500,
     workers: int | None = None,
+    max_objects: int = scene.MAX_OBJECTS,
 ) -> dict[str, Any]:
     """Writes the corpus under `output_dir`; returns its paths and counts.
 
@@ -58,19 +60,23 @@ def generate(
     images_dir, instances, refs, captions (Paths), num_eval, num_annotations, num_refs,
     num_sentences, split_counts ({split: images}), seconds.
     `workers` only changes speed, never the bytes (None: 1 for small corpora, else up to 4).
+    `max_objects` (1..6) bounds the objects per image, e.g. 1 for a corpus that needs localising
+    but no grounding (a diagnostic: README "Status"); the default gives the same bytes as before.
     """
     if num_train < 0 or num_eval < 0:
         raise ValueError(f"counts must be >= 0, got num_train={num_train}, num_eval={num_eval}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if not 1 <= max_objects <= scene.MAX_OBJECTS:
+        raise ValueError(f"max_objects must be in [1, {scene.MAX_OBJECTS}], got {max_objects}")
     start = time.perf_counter()
     root = Path(output_dir)
     n_workers = workers if workers is not None else _default_workers(num_train + num_eval)
     web_dir = root / "web"
     web_dir.mkdir(parents=True, exist_ok=True)
-    shards = web.write_shards(web_dir, seed, num_train, shard_size, n_workers)
+    shards = web.write_shards(web_dir, seed, num_train, shard_size, n_workers, max_objects)
     _remove_stale(web_dir, "shard-*.tar", set(shards))
-    ev = eval_set.write_eval(root / "eval", seed, num_eval, n_workers)
+    ev = eval_set.write_eval(root / "eval", seed, num_eval, n_workers, max_objects)
     _remove_stale(
         ev["images_dir"],
         "synth_eval_*.jpg",
@@ -96,6 +102,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--shard_size", type=int, default=500, help="samples per tar shard")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: auto)")
+    parser.add_argument("--max_objects", type=int, default=scene.MAX_OBJECTS,
+                        help=f"objects per image, at most (1..{scene.MAX_OBJECTS}; 1: a "
+                             "localisation-only diagnostic corpus)")
 
     def one_line_error(message: str) -> None:
         raise SystemExit(f"sample_corpus: {message} (see --help)")
@@ -107,6 +116,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             raise SystemExit(f"sample_corpus: --{name} must be >= 0, got {getattr(args, name)}")
     if args.shard_size < 1:
         raise SystemExit(f"sample_corpus: --shard_size must be >= 1, got {args.shard_size}")
+    if not 1 <= args.max_objects <= scene.MAX_OBJECTS:
+        raise SystemExit(f"sample_corpus: --max_objects must be in [1, {scene.MAX_OBJECTS}], "
+                         f"got {args.max_objects}")
     if args.workers is not None and args.workers < 1:
         raise SystemExit(f"sample_corpus: --workers must be >= 1, got {args.workers}")
     out = Path(args.output)
@@ -119,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     try:
         info = generate(
-            args.output, args.num_train, args.num_eval, args.seed, args.shard_size, args.workers
+            args.output, args.num_train, args.num_eval, args.seed, args.shard_size, args.workers,
+            args.max_objects,
         )
     except OSError as e:
         raise SystemExit(f"sample_corpus: cannot write {args.output}: {e.strerror or e}") from None

@@ -424,3 +424,33 @@ def test_cli_writes_corpus_and_rejects_bad_flags(tmp_path):
         assert r.returncode != 0
         err = r.stderr.strip()
         assert "Traceback" not in err and len(err.splitlines()) == 1 and "num_train" in err, err
+
+
+def test_max_objects_bounds_every_image_and_the_default_is_unchanged(corpus, tmp_path):
+    explicit = sample_corpus.generate(tmp_path / "six", NUM_TRAIN, NUM_EVAL, SEED,
+                                      shard_size=SHARD, workers=1, max_objects=6)
+    assert _hashes(explicit["output_dir"]) == _hashes(corpus["output_dir"])
+    # workers=2: the bound must reach the spawned worker processes too.
+    one = sample_corpus.generate(tmp_path / "one", 20, 12, SEED, shard_size=SHARD, workers=2,
+                                 max_objects=1)
+    import tarfile
+
+    for shard in one["shards"]:
+        with tarfile.open(shard) as tar:
+            metas = [json.loads(tar.extractfile(m).read()) for m in tar.getmembers()
+                     if m.name.endswith(".json")]
+        assert metas and all(len(m["regions"]) == 1 for m in metas)
+    instances = _load(one["instances"])
+    assert len(instances["annotations"]) == len(instances["images"]) == 12
+    assert {i["num_objects"] for i in instances["images"]} == {1}
+    many = _load(corpus["instances"])
+    assert max(i["num_objects"] for i in many["images"]) > 1
+    with pytest.raises(ValueError, match="max_objects"):
+        sample_corpus.generate(tmp_path / "bad", 1, 1, SEED, max_objects=0)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "sample_corpus.py"), "--output",
+         str(tmp_path / "cli"), "--num_train", "1", "--num_eval", "1", "--seed", "0",
+         "--max_objects", "7"], cwd=REPO, capture_output=True, text=True, check=False)
+    err = r.stderr.strip()
+    assert r.returncode != 0 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "--max_objects" in err, err

@@ -14,12 +14,13 @@ and names no real file); readers should key on `image_id` either way.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from pipelines.corpus import annotations, captions, parallel, refexp, vocab, writers
 from pipelines.corpus.render import render_sample
-from pipelines.corpus.scene import TEXT, sample_rng
+from pipelines.corpus.scene import MAX_OBJECTS, TEXT, sample_rng
 
 SPLIT_CYCLE = ("train",) * 6 + ("val", "val", "testA", "testB")
 SPLITS = ("train", "val", "testA", "testB")
@@ -36,9 +37,9 @@ def file_name(index: int) -> str:
     return f"synth_eval_{index:06d}.jpg"
 
 
-def make_item(seed: int, index: int) -> dict[str, Any]:
+def make_item(seed: int, index: int, max_objects: int = MAX_OBJECTS) -> dict[str, Any]:
     """Everything about eval image `index` except the corpus-wide ids (assigned in order later)."""
-    scene = render_sample(seed, "eval", index)
+    scene = render_sample(seed, "eval", index, max_objects)
     rng = sample_rng(seed, "eval", index, TEXT)
     w, h = scene.spec.width, scene.spec.height
     objects = []
@@ -74,14 +75,17 @@ def _raw(sent: str, index: int) -> str:
     return sent[0].upper() + sent[1:] + ("." if index % 3 == 0 else "")
 
 
-def write_eval(out_dir: Path, seed: int, count: int, workers: int = 1) -> dict[str, Any]:
+def write_eval(out_dir: Path, seed: int, count: int, workers: int = 1,
+               max_objects: int = MAX_OBJECTS) -> dict[str, Any]:
     """Writes the eval directory; returns its paths and counts."""
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     images, anns, refs, caps = [], [], [], []
     split_counts = dict.fromkeys(SPLITS, 0)
     num_sentences = 0
-    for index, item in enumerate(parallel.ordered_map(make_item, seed, count, workers)):
+    items = parallel.ordered_map(functools.partial(make_item, max_objects=max_objects), seed,
+                                 count, workers)
+    for index, item in enumerate(items):
         image_id = index + 1
         image = {"id": image_id, **item["image"]}
         images.append(image)

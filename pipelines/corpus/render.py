@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from pipelines.corpus import shapes, vocab
 from pipelines.corpus.scene import (
     LAYOUT,
+    MAX_OBJECTS,
     PIXELS,
     ObjectSpec,
     SceneSpec,
@@ -193,7 +194,8 @@ def render(spec: SceneSpec, rng: np.random.Generator) -> RenderedScene:
     return RenderedScene(spec, image, tuple(objects))
 
 
-def render_sample(seed: int, stream: str, index: int) -> RenderedScene:
-    """The image of sample `index` of `stream`; depends on nothing but these three numbers."""
-    spec = sample_scene(sample_rng(seed, stream, index, LAYOUT))
+def render_sample(seed: int, stream: str, index: int,
+                  max_objects: int = MAX_OBJECTS) -> RenderedScene:
+    """The image of sample `index` of `stream`; depends on nothing but these numbers."""
+    spec = sample_scene(sample_rng(seed, stream, index, LAYOUT), max_objects)
     return render(spec, sample_rng(seed, stream, index, PIXELS))

@@ -90,12 +90,15 @@ def _position(
     return float(np.clip(cx, lo_x, hi_x)), float(np.clip(cy, lo_y, hi_y))
 
 
-def sample_scene(rng: np.random.Generator) -> SceneSpec:
-    """Draws a layout from `rng` (use `sample_rng(seed, stream, index, LAYOUT)`)."""
+def sample_scene(rng: np.random.Generator, max_objects: int = MAX_OBJECTS) -> SceneSpec:
+    """Draws a layout from `rng` (use `sample_rng(seed, stream, index, LAYOUT)`) with 1 to
+    `max_objects` objects (the default draws exactly what earlier versions drew)."""
+    if not 1 <= max_objects <= MAX_OBJECTS:
+        raise ValueError(f"max_objects must be in [1, {MAX_OBJECTS}], got {max_objects}")
     width, height = _image_size(rng)
     background = str(rng.choice(vocab.BACKGROUND_KINDS))
     background_color = str(rng.choice(list(vocab.BACKGROUND_COLORS)))
-    num = int(rng.integers(1, MAX_OBJECTS + 1))
+    num = int(rng.integers(1, max_objects + 1))
     placed: list[ObjectSpec] = []
     for _ in range(num):
         shape, color, size = _attributes(rng, placed)

@@ -7,12 +7,13 @@ a region's `names` include the referring expressions its alt-text uses for that 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from pipelines.corpus import alt_text, annotations, parallel, writers
 from pipelines.corpus.render import render_sample
-from pipelines.corpus.scene import REFEXP, TEXT, sample_rng
+from pipelines.corpus.scene import MAX_OBJECTS, REFEXP, TEXT, sample_rng
 
 URL_PREFIX = "https://synthetic.invalid/locca-sample"
 
@@ -21,9 +22,10 @@ def sample_key(index: int) -> str:
     return f"{index:09d}"
 
 
-def make_sample(seed: int, index: int) -> tuple[str, bytes, bytes, bytes]:
+def make_sample(seed: int, index: int,
+                max_objects: int = MAX_OBJECTS) -> tuple[str, bytes, bytes, bytes]:
     """(key, jpeg, txt, json) of training sample `index`."""
-    scene = render_sample(seed, "web", index)
+    scene = render_sample(seed, "web", index, max_objects)
     key = sample_key(index)
     alt = alt_text.alt_text(
         scene, sample_rng(seed, "web", index, TEXT), sample_rng(seed, "web", index, REFEXP)
@@ -50,7 +52,8 @@ def make_sample(seed: int, index: int) -> tuple[str, bytes, bytes, bytes]:
 
 
 def write_shards(
-    out_dir: Path, seed: int, count: int, shard_size: int, workers: int = 1
+    out_dir: Path, seed: int, count: int, shard_size: int, workers: int = 1,
+    max_objects: int = MAX_OBJECTS,
 ) -> list[Path]:
     """Writes `count` samples to `out_dir/shard-%05d.tar`; returns the shard paths in order."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +67,9 @@ def write_shards(
         members.clear()
 
     for n, (key, jpg, txt, meta) in enumerate(
-        parallel.ordered_map(make_sample, seed, count, workers), start=1
+        parallel.ordered_map(functools.partial(make_sample, max_objects=max_objects), seed, count,
+                             workers),
+        start=1,
     ):
         members += [(f"{key}.jpg", jpg), (f"{key}.json", meta), (f"{key}.txt", txt)]
         if n % shard_size == 0:
