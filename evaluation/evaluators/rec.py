@@ -104,12 +104,12 @@ class Evaluator:
                 params, encoded, prompts, allowed=self.allowed, box_order=self.box_order,
                 beam_size=self.beam_size, expected_loc=expected)
 
+        generates = [generator(mode) for mode in self.loc_decodes]
         for split, examples in self.splits.items():
-            for i, mode in enumerate(self.loc_decodes):
+            per_mode = predict_boxes(examples, encode, generates, tok, self.predictor.batch_size)
+            for i, (mode, preds) in enumerate(zip(self.loc_decodes, per_mode, strict=True)):
                 suffix = ("_expected" if mode == "expected" else
                           "" if self.beam_size == 1 else f"_beam{self.beam_size}")
-                preds = predict_boxes(examples, encode, generator(mode), tok,
-                                      self.predictor.batch_size)
                 for name, value in split_metrics(split, examples, preds):
                     if not name.endswith("/count"):
                         yield name + suffix, value
@@ -117,7 +117,7 @@ class Evaluator:
                         yield name, value
                 self._write_predictions(ctx.step, split + suffix, examples, preds)
             if self.prior_box is not None:
-                for name, value in split_metrics(split, examples, [self.prior_box] * len(preds)):
+                for name, value in split_metrics(split, examples, [self.prior_box] * len(examples)):
                     if name.endswith(("/acc@0.5", "/miou", "/pointing")):
                         yield f"{name}_prior", value
         yield from base.problems_metrics(self.data.problems)

@@ -17,15 +17,18 @@ GenerateFn = Callable[[np.ndarray, list[list[int]]], list[list[int]]]
 EncodeFn = Callable[[list[str]], np.ndarray]
 
 
-def predict_boxes(examples: Sequence[RecExample], encode: EncodeFn, generate: GenerateFn,
-                  tokenizer, images_per_chunk: int = 32) -> list[np.ndarray | None]:
-    """One predicted box (float32[4] normalized) or None (malformed) per example, in order."""
-    preds: list[np.ndarray | None] = [None] * len(examples)
+def predict_boxes(examples: Sequence[RecExample], encode: EncodeFn,
+                  generates: Sequence[GenerateFn], tokenizer,
+                  images_per_chunk: int = 32) -> list[list[np.ndarray | None]]:
+    """Per generate fn (e.g. one per decoding), one predicted box (float32[4] normalized) or None
+    (malformed) per example, in order. Every image is encoded once for all of them."""
+    preds: list[list[np.ndarray | None]] = [[None] * len(examples) for _ in generates]
     paths = [e.image_path for e in examples]
     for rows, gathered in encoded_rows(paths, encode, images_per_chunk):
         prompts = [tasks.make_prompt("aref", tokenizer, phrase=examples[i].sentence) for i in rows]
-        for i, ids in zip(rows, generate(gathered, prompts), strict=True):
-            preds[i] = tasks.decode_target("aref", ids, tokenizer).box
+        for generate, out in zip(generates, preds, strict=True):
+            for i, ids in zip(rows, generate(gathered, prompts), strict=True):
+                out[i] = tasks.decode_target("aref", ids, tokenizer).box
     return preds
 
 

@@ -61,8 +61,8 @@ class Evaluator:
         def gen(encoded, prompts):
             return self.generate(params, encoded, prompts)
 
-        return examples, predict_boxes(examples, encode, gen, self.run_.tokenizer,
-                                       self.batch_size)
+        return examples, predict_boxes(examples, encode, [gen], self.run_.tokenizer,
+                                       self.batch_size)[0]
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         paths = sorted({e.image_path for e in self.train})
