@@ -70,6 +70,14 @@ class Predictor:
 
         self._nll = jax.jit(_nll)
 
+        def _loc(params, encoded, inputs, loc_start, num_loc):
+            logits = model.apply({"params": params}, encoded, inputs, method="decode")
+            loc = logits[..., loc_start : loc_start + num_loc].astype(jnp.float32)
+            expected = jax.nn.softmax(loc, axis=-1) @ jnp.arange(num_loc, dtype=jnp.float32)
+            return expected, jnp.argmax(loc, axis=-1).astype(jnp.int32)
+
+        self._loc = jax.jit(_loc, static_argnames=("loc_start", "num_loc"))
+
     def encode(self, params: Any, images: np.ndarray) -> np.ndarray:
         """float32[B, H, W, 3] -> float32[B, N, D] (host numpy), in fixed-size batches."""
         out = []
@@ -109,6 +117,25 @@ class Predictor:
                     for a in (encoded, inputs, targets)]
             out.append(np.asarray(self._nll(params, *map(jnp.asarray, args)))[:n])
         return np.concatenate(out) if out else np.zeros((0, inputs.shape[1]), np.float32)
+
+    def loc_readout(self, params: Any, encoded: np.ndarray, inputs: np.ndarray, *,
+                    loc_start: int, num_loc: int) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher-forced location readout at every position: encoded float[B, N, D], inputs
+        int[B, L] -> (expected bin float32[B, L], argmax bin int32[B, L]) of the softmax over the
+        `num_loc` location logits alone (ids loc_start..loc_start + num_loc - 1)."""
+        expected, argmax = [], []
+        for i in range(0, len(inputs), self.batch_size):
+            n = len(inputs[i : i + self.batch_size])
+            args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
+                    for a in (encoded, inputs)]
+            e, a = self._loc(params, *map(jnp.asarray, args), loc_start=loc_start,
+                             num_loc=num_loc)
+            expected.append(np.asarray(e)[:n])
+            argmax.append(np.asarray(a)[:n])
+        if not expected:
+            return np.zeros((0, inputs.shape[1]), np.float32), np.zeros((0, inputs.shape[1]),
+                                                                         np.int32)
+        return np.concatenate(expected), np.concatenate(argmax)
 
 
 @functools.lru_cache(maxsize=8)

@@ -53,7 +53,8 @@ def test_every_evaluator_runs_on_the_sample_corpus(setup):
     for needed in [("rec", "val", "acc@0.5"), ("rec_transfer", "val", "acc@0.5"),
                    ("captioning", "val", "cider"), ("captioning", "val", "cider_beam3"),
                    ("gcap", "val", "exact_match"), ("linear_probe", "dominant_shape", "accuracy"),
-                   ("image_reliance", "cap", "reliance"), ("image_reliance", "aref", "loc_reliance")]:
+                   ("image_reliance", "cap", "reliance"), ("image_reliance", "aref", "loc_reliance"),
+                   ("loc_readout", "val", "r2_y1"), ("loc_readout", "val", "tf_acc@0.5")]:
         assert needed in names
     assert all(0.0 <= r["value"] <= 1.0 for r in rows if r["metric"] in ("acc@0.5", "accuracy"))
     # The constant-box floor next to the model's REC: the mean train-split object box for every

@@ -5,11 +5,12 @@
 
 Variants (`:name[,key=value...]`, keys: data_dir, batch_size, max_per_split, transfer_steps):
   all       REC (pretrained decoder), REC transfer (frozen encoder + fresh decoder), captioning,
-            grounded captioning, linear probe, image reliance. On the sample corpus after the
-            demo's training budget, REC Acc@0.5 should clearly exceed the untrained floor (~0).
+            grounded captioning, linear probe, image reliance, teacher-forced location readout
+            (per-edge R^2 of the box tokens, evaluators/loc_readout.py).
   stats     parameter RMS / count / non-finite (no model run: a cheap health check)
   reliance  image reliance only: teacher-forced loss with each example's image vs another's
             (does the decoder read the image at all? see evaluators/image_reliance.py)
+  readout   loc_readout only (how well each box edge is read, given the true earlier ones)
   rec       REC only;  transfer  transfer only;  quick  everything at toy sizes (tests, smoke runs)
   transfer_npz  transfer from WORKDIR/encoder.npz (run once with --step; compares exported
             encoders, e.g. a plain captioner's `cap_tiny` run against LocCa's)
@@ -73,6 +74,12 @@ def _probe(c):
                                           encoder="checkpoint", batch_size=c.batch_size))
 
 
+def _readout(c, refs="{data_dir}/refs.json"):
+    return ml_collections.ConfigDict(dict(type="loc_readout", **_data(c, refs), splits=_SPLITS,
+                                          max_per_split=c.max_per_split,
+                                          batch_size=c.batch_size))
+
+
 def _parse(arg: str) -> tuple[str, dict]:
     variant, *pairs = (arg or "all").split(",")
     out = {}
@@ -99,18 +106,21 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
     evals = {
         "all": lambda: dict(param_stats=ml_collections.ConfigDict(dict(type="param_stats")),
                             rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
-                            gcap=_gcap(c), linear_probe=_probe(c), image_reliance=_reliance(c)),
+                            gcap=_gcap(c), linear_probe=_probe(c), image_reliance=_reliance(c),
+                            loc_readout=_readout(c)),
         "quick": lambda: dict(rec=_rec(c), rec_transfer=_transfer(c), captioning=_captioning(c),
                               gcap=_gcap(c), linear_probe=_probe(c),
-                              image_reliance=_reliance(c)),
+                              image_reliance=_reliance(c), loc_readout=_readout(c)),
         "reliance": lambda: dict(image_reliance=_reliance(c)),
         "rec": lambda: dict(rec=_rec(c)),
+        "readout": lambda: dict(loc_readout=_readout(c)),
         "stats": lambda: dict(param_stats=ml_collections.ConfigDict(dict(type="param_stats"))),
         "transfer": lambda: dict(rec_transfer=_transfer(c, report_untrained=True)),
         "transfer_npz": lambda: dict(rec_transfer_npz=_transfer(
             c, encoder="{workdir}/encoder.npz", report_untrained=True)),
         "refcoco": lambda: dict(rec=_rec(c, refs="{data_dir}/refs(unc).p"),
-                                rec_transfer=_transfer(c, refs="{data_dir}/refs(unc).p")),
+                                rec_transfer=_transfer(c, refs="{data_dir}/refs(unc).p"),
+                                loc_readout=_readout(c, refs="{data_dir}/refs(unc).p")),
     }
     if variant not in evals:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(evals)}")

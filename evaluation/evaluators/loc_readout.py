@@ -1,0 +1,128 @@
+"""How well the decoder reads a box out of the image, one edge at a time (teacher-forced).
+
+REC Acc@0.5 needs four generated edges right at once, so early in training or at small scale it
+sits near 0 and hides whether localisation is being learned at all. This scores each location
+token of the `aref` target `{expression} : <y1><x1><y2><x2>` given the expression and the TRUE
+earlier edges: at each of the four positions the softmax over the 1,024 location logits alone
+gives an expected bin and an argmax bin, compared with the true bin. It is the per-edge view of
+the gap between "the encoder has the box" (a linear probe reads it) and "the decoder writes it".
+
+Yields per split:
+  "{split}/r2_{y1,x1,y2,x2}"  1 - SSE / SST of the expected bin against the true bin over the
+                              split: 0 = no better than answering each edge's mean over the split,
+                              1 = exact, < 0 = worse than that mean (no fit: the raw readout).
+                              Left out when the split's true bins of that edge are all equal.
+  "{split}/mae_bins"          mean |expected - true bin| over the four edges (bins of 1/1024).
+  "{split}/tf_acc@0.5", "{split}/tf_miou"  Acc@0.5 / mean IoU of the box made of the four argmax
+                              bins, each read given the true earlier edges ("_expected": of the
+                              rounded expected bins). Greedy generation conditions on its own
+                              earlier edges instead, so this is what it would reach with
+                              perfect earlier edges, not a bound on REC Acc@0.5.
+  "{split}/count"             expressions scored.
+  "problems/loc_readout_box_cut"  expressions whose box did not fit the model's max_len (skipped),
+                              plus the data loader's own problems/*.
+Config: refs, instances, images (as the rec evaluator), splits (default ("val",)), batch_size,
+max_per_split (0: all).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Sequence
+
+import ml_collections
+import numpy as np
+
+from evaluation.checkpoint import TrainRun
+from evaluation.data.refcoco import RecExample, load_rec
+from evaluation.evaluators import base
+from evaluation.metrics import rec_scores
+from model import tasks
+
+EDGES = ("y1", "x1", "y2", "x2")  # the order of a box's location tokens (model/tasks.py)
+
+
+def box_positions(formatted: tasks.Formatted, loc_start: int, eos_id: int) -> np.ndarray | None:
+    """int[4]: the target positions of the box's four location tokens in an `aref` row (the four
+    before EOS), or None when the row was cut before its box and EOS."""
+    scored = np.flatnonzero(formatted.loss_mask)  # the target: after the prompt, through EOS
+    if len(scored) < 5 or int(formatted.targets[scored[-1]]) != eos_id:
+        return None
+    where = np.arange(scored[-1] - 4, scored[-1])
+    ids = formatted.targets[where]
+    if np.any(ids < loc_start) or np.any(ids >= loc_start + tasks.NUM_BINS):
+        return None
+    return where
+
+
+def readout_metrics(split: str, expected: np.ndarray, argmax: np.ndarray, truth: np.ndarray,
+                    true_boxes: Sequence[Sequence[float]]) -> list[tuple[str, float]]:
+    """expected float[N, 4], argmax int[N, 4], truth int[N, 4] bins (y1 x1 y2 x2); true_boxes
+    float[N, 4] normalized -> the metrics described at the top of this module."""
+    expected = np.asarray(expected, np.float64).reshape(-1, 4)
+    truth = np.asarray(truth, np.float64).reshape(-1, 4)
+    out = []
+    for k, edge in enumerate(EDGES):
+        sst = float(np.sum((truth[:, k] - truth[:, k].mean()) ** 2))
+        if sst > 0:
+            sse = float(np.sum((expected[:, k] - truth[:, k]) ** 2))
+            out.append((f"{split}/r2_{edge}", 1.0 - sse / sst))
+    out.append((f"{split}/mae_bins", float(np.mean(np.abs(expected - truth)))))
+    for suffix, bins in (("", np.asarray(argmax, np.float64)), ("_expected", np.rint(expected))):
+        boxes = (bins.reshape(-1, 4) + 0.5) / tasks.NUM_BINS  # tasks.tokens_to_box's bin centre
+        s = rec_scores(list(boxes), list(true_boxes))
+        out += [(f"{split}/tf_acc@0.5{suffix}", s["acc"]), (f"{split}/tf_miou{suffix}", s["miou"])]
+    out.append((f"{split}/count", float(len(truth))))
+    return out
+
+
+class Evaluator:
+    def __init__(self, config: ml_collections.ConfigDict, run: TrainRun, shared: dict):
+        self.run_ = run
+        tok = run.tokenizer
+        max_len = int(run.model_config.max_len)
+        splits = tuple(config.get("splits", ("val",)))
+        data = load_rec(config.refs, config.instances, config.images, splits=splits)
+        self.problems = collections.Counter(data.problems)
+        limit = int(config.get("max_per_split", 0))
+        # split -> rows of (example, aref row, int[4] box positions)
+        self.splits: dict[str, list[tuple[RecExample, tasks.Formatted, np.ndarray]]] = {}
+        for split in splits:
+            rows = []
+            for e in data.split(split)[: limit or None]:
+                row = tasks.format_task("aref", tok, max_len=max_len, phrase=e.sentence, box=e.box)
+                where = box_positions(row, tok.loc_start, tok.eos_id)
+                if where is None:
+                    self.problems["loc_readout_box_cut"] += 1
+                else:
+                    rows.append((e, row, where))
+            if rows:
+                self.splits[split] = rows
+        self.predictor = base.shared_predictor(run, shared, int(config.get("batch_size", 32)))
+        self.images = base.shared_images(run, shared)
+
+    def readout(self, params, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(expected float[N, 4], argmax int[N, 4], true int[N, 4]) bins of the rows' boxes."""
+        loc_start = self.run_.tokenizer.loc_start
+        n = len(rows)
+        expected, argmax = np.zeros((n, 4), np.float64), np.zeros((n, 4), np.int64)
+
+        def encode(paths):
+            return self.predictor.encode(params, self.images.batch(paths))
+
+        paths = [e.image_path for e, _, _ in rows]
+        for sel, gathered in base.encoded_rows(paths, encode, self.predictor.batch_size):
+            inputs = np.stack([rows[i][1].inputs for i in sel])
+            e, a = self.predictor.loc_readout(params, gathered, inputs, loc_start=loc_start,
+                                              num_loc=tasks.NUM_BINS)
+            where = np.stack([rows[i][2] for i in sel])
+            expected[sel] = np.take_along_axis(e, where, axis=1)
+            argmax[sel] = np.take_along_axis(a, where, axis=1)
+        truth = np.stack([row.targets[where] for _, row, where in rows]) - loc_start
+        return expected, argmax, truth
+
+    def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
+        for split, rows in self.splits.items():
+            expected, argmax, truth = self.readout(ctx.params, rows)
+            yield from readout_metrics(split, expected, argmax, truth, [e.box for e, _, _ in rows])
+        yield from base.problems_metrics(self.problems)

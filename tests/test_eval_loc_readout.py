@@ -1,0 +1,116 @@
+"""The teacher-forced location readout evaluator: its expected/argmax bins equal a direct
+computation from the model's full decoder logits, the box positions are the four before EOS, and
+the metrics mean what their names say on hand-made readouts."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+import pytest
+from test_eval_fixtures import random_head_run
+
+from evaluation.evaluators import base
+from evaluation.evaluators.loc_readout import EDGES, box_positions, readout_metrics
+from model import tasks
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loc_readout")
+    run, params, eval_dir = random_head_run(root)
+    cfg = ml_collections.ConfigDict(dict(
+        type="loc_readout", refs=str(eval_dir / "refs.json"),
+        instances=str(eval_dir / "instances.json"), images=str(eval_dir / "images"),
+        splits=("val", "testA"), max_per_split=10, batch_size=4))
+    return run, base.build("loc_readout", cfg, run, {}), params, root
+
+
+def test_bins_equal_a_direct_computation_from_the_decoder_logits(setup):
+    run, evaluator, params, _ = setup
+    rows = evaluator.splits["val"]
+    expected, argmax, truth = evaluator.readout(params, rows)
+    # Reference: the whole decoder's logits for each row with its own image, no batching or
+    # image sharing; softmax over the 1,024 location logits, at the four box positions.
+    images = evaluator.images.batch([e.image_path for e, _, _ in rows])
+    inputs = np.stack([row.inputs for _, row, _ in rows])
+    encoded = run.model.apply({"params": params}, images, method="encode")
+    logits = np.asarray(run.model.apply({"params": params}, encoded, inputs, method="decode"),
+                        np.float64)
+    lo = run.tokenizer.loc_start
+    loc = logits[..., lo : lo + tasks.NUM_BINS]
+    p = np.exp(loc - loc.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    where = np.stack([w for _, _, w in rows])
+    ref_expected = np.take_along_axis(p @ np.arange(tasks.NUM_BINS), where, axis=1)
+    ref_argmax = np.take_along_axis(loc.argmax(-1), where, axis=1)
+    np.testing.assert_allclose(expected, ref_expected, atol=0.05)  # bins, float32 vs float64
+    assert (argmax == ref_argmax).mean() > 0.95  # near-ties may flip between the two sums
+    # The random head spreads its readout: not a constant, so the test can see a wrong position.
+    assert expected.std() > 1.0
+    true_bins = np.stack([tasks.box_to_bins(e.box) for e, _, _ in rows])
+    np.testing.assert_array_equal(truth, true_bins)
+
+
+def test_metrics_of_the_evaluator_run(setup):
+    run, evaluator, params, root = setup
+    ctx = base.StepContext(1, root / "run" / "checkpoints" / "1", run, params)
+    m = dict(evaluator.run(ctx))
+    for split in ("val", "testA"):
+        assert m[f"{split}/count"] == len(evaluator.splits[split]) == 10
+        assert m[f"{split}/mae_bins"] > 0
+        for edge in EDGES:
+            assert m[f"{split}/r2_{edge}"] < 1.0
+        assert 0.0 <= m[f"{split}/tf_acc@0.5"] <= 1.0
+        assert 0.0 <= m[f"{split}/tf_miou_expected"] <= 1.0
+
+
+def test_box_positions_are_the_four_tokens_before_eos(setup):
+    run, _, _, _ = setup
+    tok = run.tokenizer
+    row = tasks.format_task("aref", tok, max_len=24, phrase="red circle", box=[0.1, 0.2, 0.5, 0.9])
+    where = box_positions(row, tok.loc_start, tok.eos_id)
+    assert list(row.targets[where] - tok.loc_start) == list(tasks.box_to_bins([0.1, 0.2, 0.5, 0.9]))
+    assert row.targets[where[-1] + 1] == tok.eos_id
+    # A phrase too long for max_len: the box is dropped or cut, and the row is not scored.
+    long = tasks.format_task("aref", tok, max_len=8, phrase="red circle " * 10, box=[0, 0, 1, 1])
+    assert box_positions(long, tok.loc_start, tok.eos_id) is None
+
+
+def test_a_model_whose_boxes_do_not_fit_counts_them_as_problems(tmp_path):
+    run, _, eval_dir = random_head_run(tmp_path)
+    run.model_config.max_len = 6  # room for "aref" + a word, never for a box and EOS
+    cfg = ml_collections.ConfigDict(dict(
+        refs=str(eval_dir / "refs.json"), instances=str(eval_dir / "instances.json"),
+        images=str(eval_dir / "images"), splits=("val",), max_per_split=5))
+    evaluator = base.build("loc_readout", cfg, run, {})
+    assert evaluator.splits == {}
+    m = dict(evaluator.run(None))
+    assert m["problems/loc_readout_box_cut"] == 5
+
+
+def test_readout_metrics_mean_what_they_say():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 1024, size=(50, 4))
+    truth[:, 2:] = np.maximum(truth[:, 2:], truth[:, :2] + 50)  # well-formed true boxes
+    truth = np.minimum(truth, 1023)
+    boxes = (truth + 0.5) / 1024
+    exact = readout_metrics("val", truth.astype(float), truth, truth, boxes)
+    m = dict(exact)
+    assert all(m[f"val/r2_{e}"] == pytest.approx(1.0) for e in EDGES)
+    assert m["val/mae_bins"] == 0.0 and m["val/tf_acc@0.5"] == 1.0 == m["val/tf_acc@0.5_expected"]
+    # Answering every edge's mean over the split: R^2 exactly 0.
+    mean = np.broadcast_to(truth.mean(0), truth.shape)
+    m = dict(readout_metrics("val", mean, mean.round().astype(int), truth, boxes))
+    assert all(m[f"val/r2_{e}"] == pytest.approx(0.0, abs=1e-12) for e in EDGES)
+    # Off by 10 bins on every edge: MAE 10, R^2 = 1 - 100 / var.
+    m = dict(readout_metrics("val", truth + 10.0, truth + 10, truth, boxes))
+    assert m["val/mae_bins"] == pytest.approx(10.0)
+    for k, e in enumerate(EDGES):
+        assert m[f"val/r2_{e}"] == pytest.approx(1 - 100 / truth[:, k].var())
+    # A constant true edge has no R^2 (0/0), and is left out rather than reported as NaN.
+    flat = truth.copy()
+    flat[:, 0] = 7
+    names = dict(readout_metrics("val", flat.astype(float), flat, flat, (flat + 0.5) / 1024))
+    assert "val/r2_y1" not in names and "val/r2_x1" in names
+    assert names["val/count"] == 50
+
