@@ -36,6 +36,10 @@ artifact rather than the loader. For each variant, measures
             alone (read, parse, decode, resize to 224x224, caption tokenize), and decode / their
             sum: the best CPU ratio to the raw reference that a loader with no other cost could
             reach (cpu_breakdown).
+  scaling:  the 2-thread / 1-thread speed-up of each loader step and of the whole per-example
+            transform in one process, and the ms to pass one image batch to another process as
+            Grain's mp_prefetch does vs a plain copy (scaling_breakdown): where the wall rates
+            lose to the CPU ones.
 The wall rates are measured --rounds times (3), all sides interleaved in each round, and reported
 as best of the rounds and as the median of the per-round ratios (pipeline / raw of the same round),
 so a burst of load from other jobs does not land on one side only. The goal is >= 0.7.
@@ -332,6 +336,96 @@ def cpu_breakdown(records: list[bytes], paths: str, tok) -> dict[str, float]:
     return ms
 
 
+def _threaded_rate(fn, items: list, threads: int, seconds: float) -> float:
+    """Items/s of fn(item) over all items, repeated, in `threads` Python threads at once."""
+    import threading
+
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def loop(k: int) -> None:
+        while time.perf_counter() < stop:
+            for item in items:
+                fn(item)
+            counts[k] += len(items)
+
+    workers = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+    t = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - t)
+
+
+def scaling_breakdown(records: list[bytes], tok, seconds: float = 1.0) -> dict[str, float]:
+    """Why the wall rates fall short of the CPU ones: two measurements the wall figures hide.
+
+    threads: items/s of each loader step (decode, resize, parse, format) and of the whole
+    per-example transform in 1 and in 2 Python threads of one process (the in-process loader's
+    parallelism): 2-thread / 1-thread speed-up per step, ~2 for the OpenCV calls (they release
+    the GIL), ~1 for the Python ones. shm: ms to hand one 32 x 224 x 224 x 3 uint8 image batch to
+    another process the way Grain's mp_prefetch does (`copy_to_shm`: a new shared-memory segment
+    per batch, so every page is touched for the first time) against copying it into an existing
+    array; per example it is what a worker pays on top of the in-process transform.
+    """
+    from grain._src.python.ipc import shared_memory_array  # Grain's own transfer (0.2.18)
+
+    from model import tasks
+
+    transform = data.ExampleTransform(_config(), tok)
+    fields = [record_lib.decode_training_fields(r) for r in records]
+    blobs = [f.image for f in fields]
+    images = [pp.decode_image(b, SIZE) for b in blobs]
+    rng = np.random.default_rng(0)
+    rngs = data._ThreadRngs(0)  # one generator per thread, as the loader's BatchTransform
+
+    def fmt(f):
+        tasks.format_example(
+            tok, rng, caption=f.caption, boxes=f.boxes, phrases=f.phrases, max_len=64
+        )
+
+    steps = {
+        "decode": (lambda b: pp.decode_image(b, SIZE), blobs),
+        "resize": (lambda im: pp.resize(im, SIZE, fast=True), images),
+        "parse": (record_lib.decode_training_fields, records),
+        "format": (fmt, fields),
+        "transform": (lambda r: transform.random_map(r, rngs.at(0)), records),
+    }
+    out = {}
+    for name, (fn, items) in steps.items():
+        for item in items[:4]:
+            fn(item)
+        one = _threaded_rate(fn, items, 1, seconds)
+        two = _threaded_rate(fn, items, 2, seconds)
+        out[name] = two / one
+    batch = np.random.default_rng(0).integers(0, 255, (32, SIZE, SIZE, 3), dtype=np.uint8)
+    into = np.empty_like(batch)
+    shm, copy = float("inf"), float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        metas = [shared_memory_array.copy_to_shm(batch) for _ in range(10)]
+        shm = min(shm, (time.perf_counter() - t) / 10)
+        shared_memory_array.unlink_shm(metas)
+        t = time.perf_counter()
+        for _ in range(10):
+            np.copyto(into, batch)
+        copy = min(copy, (time.perf_counter() - t) / 10)
+    out["shm_ms"], out["copy_ms"] = shm * 1e3, copy * 1e3
+    return out
+
+
+def _print_scaling(name: str, s: dict[str, float]) -> None:
+    steps = ", ".join(f"{k} {s[k]:.2f}x" for k in ("decode", "resize", "parse", "format"))
+    print(
+        f"{name:4s} scaling: 2 threads vs 1 in one process: {steps}; whole transform "
+        f"{s['transform']:.2f}x. Batch handed to another process: Grain copy_to_shm "
+        f"{s['shm_ms']:.2f} ms vs copy into an existing array {s['copy_ms']:.2f} ms "
+        f"({s['shm_ms'] / 32:.3f} ms/example)",
+        flush=True,
+    )
+
+
 def _print_breakdown(name: str, ms: dict[str, float], resize: bool) -> None:
     """resize: the raw reference includes the resize (full-size photos), as in the wall figures."""
     steps = ", ".join(
@@ -471,6 +565,7 @@ def main() -> None:
             # Stored variants: decode only; full size: decode + resize to 224 (see the top).
             resize = store_max_side == 0
             _print_breakdown(name, cpu_breakdown(records, paths, tok), resize)
+            _print_scaling(name, scaling_breakdown(records, tok))
             for setting in args.settings.split(","):
                 overrides = SETTINGS[setting]
                 _print_cpu(
