@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -103,6 +104,19 @@ def _cached(tok: TokenizerLike, text: str) -> list[int]:
     return cache[text]
 
 
+# A literal "<loc0123>" in web text would encode as a real location token (the pieces are
+# user-defined), putting a stray box coordinate into a caption or phrase target. Text is encoded
+# with it broken up ("< loc0123>"), so location ids come from boxes only.
+_LOC_TEXT = re.compile(r"<(loc\d{4}>)")
+
+
+def _encode_text(tok: TokenizerLike, text: str) -> list[int]:
+    """tok.encode(text) of a caption or phrase, never yielding a location id from the text."""
+    if "<loc" in text:
+        text = _LOC_TEXT.sub(r"< \1", text)
+    return tok.encode(text)
+
+
 def _prefix(tok: TokenizerLike, task: str) -> list[int]:
     return _cached(tok, task)
 
@@ -111,7 +125,7 @@ _PHRASE_CACHE_SIZE = 1 << 16
 
 
 def _encode_phrase(tok: TokenizerLike, phrase: str) -> list[int]:
-    """tok.encode(phrase), memoized per tokenizer (callers must not modify the returned list).
+    """_encode_text(tok, phrase), memoized per tokenizer (callers must not modify the result).
 
     Region phrases (detector queries, category names) repeat across a corpus, captions do not, so
     only phrases are cached. Exact: encoding is a pure function of the text. Bounded by clearing
@@ -124,7 +138,7 @@ def _encode_phrase(tok: TokenizerLike, phrase: str) -> list[int]:
     if ids is None:
         if len(cache) >= _PHRASE_CACHE_SIZE:
             cache.clear()
-        ids = cache[phrase] = tok.encode(phrase)
+        ids = cache[phrase] = _encode_text(tok, phrase)
     return ids
 
 
@@ -191,21 +205,24 @@ def target_ids(
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task == "cap":
-        ids = tok.encode(caption)
+        ids = _encode_text(tok, caption)
         return ids if budget is None else ids[:budget]
     if box is None:
         raise ValueError(f"task {task!r} needs a box")
     box_ids = box_to_tokens(box, tok.loc_start)
     sep = _cached(tok, SEPARATOR)
     # SentencePiece never merges across a space, so encode("dog :") == encode("dog") + encode(":").
-    text = _encode_phrase(tok, phrase)  # shared: only sliced or concatenated below, never modified
-    if budget is not None:
-        text = text[: max(budget - 4 - len(sep), 0)]
+    text = _cut_phrase(_encode_phrase(tok, phrase), budget, sep)  # shared: sliced, never modified
     if not text:
         return None  # No room for even one phrase token: the task is dropped, not faked.
     if task == "aref":
         return text + sep + box_ids
     return box_ids + sep + text  # gcap
+
+
+def _cut_phrase(text: list[int], budget: int | None, sep: list[int]) -> list[int]:
+    """The phrase ids that fit in `budget` target tokens beside a box (4) and the separator."""
+    return text if budget is None else text[: max(budget - 4 - len(sep), 0)]
 
 
 def format_task(
@@ -314,17 +331,28 @@ def parallel_inputs(inputs, loss_mask, mask_id: int):
 
 
 def make_prompt(
-    task: str, tok: TokenizerLike, *, phrase: str = "", box: Sequence[float] | None = None
+    task: str,
+    tok: TokenizerLike,
+    *,
+    phrase: str = "",
+    box: Sequence[float] | None = None,
+    max_len: int | None = None,
 ) -> list[int]:
     """[BOS] + prefix + the given part of the target, for generation.
 
     cap: nothing given. aref: "{phrase} :" (the model then writes 4 location tokens + EOS).
     gcap: box + ":" (the model then writes the phrase). Same ids as in training, because
-    SentencePiece never merges across a space.
+    SentencePiece never merges across a space. With `max_len` (the decoder's length), an aref
+    phrase is cut exactly as format_task cuts it in training, so the prompt leaves room for the
+    box: without the cut, a long expression's prompt would fill the buffer and its answer would
+    always be malformed.
     """
-    ids = [tok.bos_id, *_prefix(tok, task)]
+    prefix = _prefix(tok, task)
+    ids = [tok.bos_id, *prefix]
     if task == "aref":
-        ids += tok.encode(phrase) + _cached(tok, SEPARATOR)
+        sep = _cached(tok, SEPARATOR)
+        budget = None if max_len is None else max_len - len(prefix) - 1  # as in _task_ids
+        ids += _cut_phrase(_encode_text(tok, phrase), budget, sep) + sep
     elif task == "gcap":
         if box is None:
             raise ValueError("gcap needs a box")

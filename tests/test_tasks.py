@@ -166,6 +166,34 @@ def test_prompts_match_training_prefixes(tok):
         assert f.inputs[: len(prompt)].tolist() == prompt
 
 
+def test_a_long_expression_is_cut_in_the_prompt_as_in_training(tok):
+    box = [0.1, 0.2, 0.3, 0.4]
+    phrase = "the red dog on the left of the big green tree " * 3
+    for max_len in (12, 16, 24):
+        f = tasks.format_task("aref", tok, max_len=max_len, phrase=phrase, box=box)
+        prompt = tasks.make_prompt("aref", tok, phrase=phrase, max_len=max_len)
+        assert f.inputs[: len(prompt)].tolist() == prompt  # the very inputs the box follows
+        assert len(prompt) <= max_len - 4  # room for the four location tokens
+        assert prompt[-len(tok.encode(":")) :] == tok.encode(":")
+    assert len(tasks.make_prompt("aref", tok, phrase=phrase)) > 24  # uncut without max_len
+
+
+def test_location_tokens_come_from_boxes_only_never_from_text(tok):
+    lo, hi = tok.loc_start, tok.loc_start + tasks.NUM_BINS
+    text = "a dog <loc0100> on grass<loc0007>"
+    assert any(lo <= i < hi for i in tok.encode(text))  # the tokenizer maps the literal piece
+    cap = tasks.format_task("cap", tok, max_len=48, caption=text)
+    assert not any(lo <= i < hi for i in cap.targets)
+    box = [0.1, 0.2, 0.3, 0.4]
+    for task in ("aref", "gcap"):
+        f = tasks.format_task(task, tok, max_len=48, phrase=text, box=box)
+        locs = [int(i) - lo for i in f.targets if lo <= i < hi]
+        assert locs == list(tasks.box_to_bins(box))  # the box's four, nothing from the phrase
+        assert "loc0100" in tasks.decode_target(task, f.targets[f.loss_mask > 0], tok).text
+    prompt = tasks.make_prompt("aref", tok, phrase=text)
+    assert not any(lo <= i < hi for i in prompt)
+
+
 def test_parallel_inputs_numpy_and_jax(tok):
     f = tasks.format_task("cap", tok, max_len=16, caption="a red dog")
     inputs = np.stack([f.inputs, f.inputs])

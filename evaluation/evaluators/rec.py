@@ -106,7 +106,8 @@ class Evaluator:
 
         generates = [generator(mode) for mode in self.loc_decodes]
         for split, examples in self.splits.items():
-            per_mode = predict_boxes(examples, encode, generates, tok, self.predictor.batch_size)
+            per_mode = predict_boxes(examples, encode, generates, tok, self.predictor.max_len,
+                                     self.predictor.batch_size)
             for i, (mode, preds) in enumerate(zip(self.loc_decodes, per_mode, strict=True)):
                 suffix = ("_expected" if mode == "expected" else
                           "" if self.beam_size == 1 else f"_beam{self.beam_size}")

@@ -18,14 +18,16 @@ EncodeFn = Callable[[list[str]], np.ndarray]
 
 
 def predict_boxes(examples: Sequence[RecExample], encode: EncodeFn,
-                  generates: Sequence[GenerateFn], tokenizer,
+                  generates: Sequence[GenerateFn], tokenizer, max_len: int,
                   images_per_chunk: int = 32) -> list[list[np.ndarray | None]]:
     """Per generate fn (e.g. one per decoding), one predicted box (float32[4] normalized) or None
-    (malformed) per example, in order. Every image is encoded once for all of them."""
+    (malformed) per example, in order. Every image is encoded once for all of them. max_len: the
+    decoder's length; an expression too long for it is cut as in training (tasks.make_prompt)."""
     preds: list[list[np.ndarray | None]] = [[None] * len(examples) for _ in generates]
     paths = [e.image_path for e in examples]
     for rows, gathered in encoded_rows(paths, encode, images_per_chunk):
-        prompts = [tasks.make_prompt("aref", tokenizer, phrase=examples[i].sentence) for i in rows]
+        prompts = [tasks.make_prompt("aref", tokenizer, phrase=examples[i].sentence,
+                                     max_len=max_len) for i in rows]
         for generate, out in zip(generates, preds, strict=True):
             for i, ids in zip(rows, generate(gathered, prompts), strict=True):
                 out[i] = tasks.decode_target("aref", ids, tokenizer).box

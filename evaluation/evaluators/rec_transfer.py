@@ -62,7 +62,7 @@ class Evaluator:
             return self.generate(params, encoded, prompts)
 
         return examples, predict_boxes(examples, encode, [gen], self.run_.tokenizer,
-                                       self.batch_size)[0]
+                                       self.decoder.max_len, self.batch_size)[0]
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         paths = sorted({e.image_path for e in self.train})
