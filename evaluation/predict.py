@@ -70,9 +70,10 @@ class Predictor:
 
         self._nll = jax.jit(_nll)
 
-        def _loc(params, encoded, inputs, loc_start, num_loc):
+        def _loc(params, encoded, inputs, min_bin, loc_start, num_loc):
             logits = model.apply({"params": params}, encoded, inputs, method="decode")
             loc = logits[..., loc_start : loc_start + num_loc].astype(jnp.float32)
+            loc = jnp.where(jnp.arange(num_loc) >= min_bin[..., None], loc, -jnp.inf)
             expected = jax.nn.softmax(loc, axis=-1) @ jnp.arange(num_loc, dtype=jnp.float32)
             return expected, jnp.argmax(loc, axis=-1).astype(jnp.int32)
 
@@ -119,15 +120,20 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0, inputs.shape[1]), np.float32)
 
     def loc_readout(self, params: Any, encoded: np.ndarray, inputs: np.ndarray, *,
-                    loc_start: int, num_loc: int) -> tuple[np.ndarray, np.ndarray]:
+                    loc_start: int, num_loc: int,
+                    min_bin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Teacher-forced location readout at every position: encoded float[B, N, D], inputs
         int[B, L] -> (expected bin float32[B, L], argmax bin int32[B, L]) of the softmax over the
-        `num_loc` location logits alone (ids loc_start..loc_start + num_loc - 1)."""
+        `num_loc` location logits alone (ids loc_start..loc_start + num_loc - 1). min_bin
+        int[B, L] (default 0): bins below it are excluded at that position (as constrained
+        decoding keeps y2 >= y1 and x2 >= x1); it must be < num_loc."""
+        if min_bin is None:
+            min_bin = np.zeros(inputs.shape, np.int32)
         expected, argmax = [], []
         for i in range(0, len(inputs), self.batch_size):
             n = len(inputs[i : i + self.batch_size])
             args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
-                    for a in (encoded, inputs)]
+                    for a in (encoded, inputs, np.asarray(min_bin, np.int32))]
             e, a = self._loc(params, *map(jnp.asarray, args), loc_start=loc_start,
                              num_loc=num_loc)
             expected.append(np.asarray(e)[:n])

@@ -37,18 +37,29 @@ def test_bins_equal_a_direct_computation_from_the_decoder_logits(setup):
     logits = np.asarray(run.model.apply({"params": params}, encoded, inputs, method="decode"),
                         np.float64)
     lo = run.tokenizer.loc_start
-    loc = logits[..., lo : lo + tasks.NUM_BINS]
+    where = np.stack([w for _, _, w in rows])
+    loc = np.stack([logits[i, w, lo : lo + tasks.NUM_BINS] for i, w in enumerate(where)])
+    true_bins = np.stack([tasks.box_to_bins(e.box) for e, _, _ in rows])  # [N, 4] y1 x1 y2 x2
+    bins = np.arange(tasks.NUM_BINS)
+    # Constrained as REC decodes: y2 from bins >= the true y1, x2 from bins >= the true x1.
+    loc[:, 2] = np.where(bins >= true_bins[:, :1], loc[:, 2], -np.inf)
+    loc[:, 3] = np.where(bins >= true_bins[:, 1:2], loc[:, 3], -np.inf)
     p = np.exp(loc - loc.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    where = np.stack([w for _, _, w in rows])
-    ref_expected = np.take_along_axis(p @ np.arange(tasks.NUM_BINS), where, axis=1)
-    ref_argmax = np.take_along_axis(loc.argmax(-1), where, axis=1)
-    np.testing.assert_allclose(expected, ref_expected, atol=0.05)  # bins, float32 vs float64
-    assert (argmax == ref_argmax).mean() > 0.95  # near-ties may flip between the two sums
+    np.testing.assert_allclose(expected, p @ bins, atol=0.05)  # bins, float32 vs float64
+    assert (argmax == loc.argmax(-1)).mean() > 0.95  # near-ties may flip between the two sums
     # The random head spreads its readout: not a constant, so the test can see a wrong position.
     assert expected.std() > 1.0
-    true_bins = np.stack([tasks.box_to_bins(e.box) for e, _, _ in rows])
+    assert np.all(expected[:, 2] >= true_bins[:, 0]) and np.all(argmax[:, 3] >= true_bins[:, 1])
     np.testing.assert_array_equal(truth, true_bins)
+    # Unconstrained, the same readout is free to put y2 above y1 (a different answer).
+    evaluator.constrained = False
+    try:
+        free, _, _ = evaluator.readout(params, rows)
+    finally:
+        evaluator.constrained = True
+    np.testing.assert_allclose(free[:, :2], expected[:, :2], atol=1e-4)
+    assert np.abs(free[:, 2:] - expected[:, 2:]).max() > 1.0
 
 
 def test_metrics_of_the_evaluator_run(setup):

@@ -4,7 +4,9 @@ REC Acc@0.5 needs four generated edges right at once, so early in training or at
 sits near 0 and hides whether localisation is being learned at all. This scores each location
 token of the `aref` target `{expression} : <y1><x1><y2><x2>` given the expression and the TRUE
 earlier edges: at each of the four positions the softmax over the 1,024 location logits alone
-gives an expected bin and an argmax bin, compared with the true bin. It is the per-edge view of
+gives an expected bin and an argmax bin, compared with the true bin. As in the rec evaluator's
+constrained decoding (its default; config `constrained`, default True), y2 is read from the bins
+>= the true y1 and x2 from those >= the true x1. It is the per-edge view of
 the gap between "the encoder has the box" (a linear probe reads it) and "the decoder writes it".
 
 Yields per split:
@@ -22,7 +24,7 @@ Yields per split:
   "problems/loc_readout_box_cut"  expressions whose box did not fit the model's max_len (skipped),
                               plus the data loader's own problems/*.
 Config: refs, instances, images (as the rec evaluator), splits (default ("val",)), batch_size,
-max_per_split (0: all).
+max_per_split (0: all), constrained (default True: the ordering constraint above).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class Evaluator:
                 self.splits[split] = rows
         self.predictor = base.shared_predictor(run, shared, int(config.get("batch_size", 32)))
         self.images = base.shared_images(run, shared)
+        self.constrained = bool(config.get("constrained", True))
 
     def readout(self, params, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(expected float[N, 4], argmax int[N, 4], true int[N, 4]) bins of the rows' boxes."""
@@ -113,9 +116,13 @@ class Evaluator:
         paths = [e.image_path for e, _, _ in rows]
         for sel, gathered in base.encoded_rows(paths, encode, self.predictor.batch_size):
             inputs = np.stack([rows[i][1].inputs for i in sel])
-            e, a = self.predictor.loc_readout(params, gathered, inputs, loc_start=loc_start,
-                                              num_loc=tasks.NUM_BINS)
             where = np.stack([rows[i][2] for i in sel])
+            min_bin = np.zeros(inputs.shape, np.int32)
+            if self.constrained:  # y2 >= true y1, x2 >= true x1 (inputs hold the true edges)
+                first = np.take_along_axis(inputs, where[:, 1:3], axis=1) - loc_start
+                np.put_along_axis(min_bin, where[:, 2:4], first, axis=1)
+            e, a = self.predictor.loc_readout(params, gathered, inputs, loc_start=loc_start,
+                                              num_loc=tasks.NUM_BINS, min_bin=min_bin)
             expected[sel] = np.take_along_axis(e, where, axis=1)
             argmax[sel] = np.take_along_axis(a, where, axis=1)
         truth = np.stack([row.targets[where] for _, row, where in rows]) - loc_start
