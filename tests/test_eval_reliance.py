@@ -89,3 +89,17 @@ def test_other_image_is_always_another_image(setup):
     _, evaluator, _, _ = setup
     rows = [r for r in evaluator.rows["aref"] if r[1] == evaluator.rows["aref"][0][1]]
     assert all(p != rows[0][0] for p in evaluator.other_paths(rows))
+
+
+def test_rows_whose_target_did_not_fit_are_not_counted(setup):
+    from model import tasks
+
+    run, evaluator, params, _ = setup
+    rows = evaluator.rows["aref"]
+    cut = (rows[0][0], rows[0][1], tasks.empty("aref", run.tokenizer, len(rows[0][2].inputs)))
+    evaluator.rows["aref"] = [*rows, cut]  # an expression too long for max_len: all-zero mask
+    try:
+        m = _metrics(setup, params)
+    finally:
+        evaluator.rows["aref"] = rows
+    assert m["aref/count"] == len(rows)

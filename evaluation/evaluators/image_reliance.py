@@ -127,5 +127,6 @@ class Evaluator:
                 yield f"{task}/{prefix}nll", a
                 yield f"{task}/{prefix}nll_other_image", b
                 yield f"{task}/{prefix}reliance", b - a
-            yield f"{task}/count", float(len(rows))
+            # Rows whose target did not fit max_len (all-zero mask) are not scored: not counted.
+            yield f"{task}/count", float(mask.any(axis=1).sum())
         yield from base.problems_metrics(self.problems)
