@@ -279,14 +279,25 @@ def decode_training_fields(data: bytes) -> TrainingFields:
         feat = ex.features.feature
         if feat["schema_version"].int64_list.value[0] not in SUPPORTED_SCHEMA_VERSIONS:
             raise ValueError("schema_version")
-        bbox = feat["regions/bbox"].float_list.value
-        phrases = tuple(p.decode("utf-8") for p in feat["regions/phrase"].bytes_list.value)
-        image = feat["image/encoded"].bytes_list.value[0]
+        # A missing map key would read as an empty list (zero regions, silently): require the
+        # region fields and the list kind `encode` writes, and exactly one image and caption.
+        if "regions/bbox" not in feat or "regions/phrase" not in feat:
+            raise ValueError("regions")
+        bbox_f, phrase_f = feat["regions/bbox"], feat["regions/phrase"]
+        if (bbox_f.WhichOneof("kind") not in (None, "float_list")
+                or phrase_f.WhichOneof("kind") not in (None, "bytes_list")):
+            raise ValueError("regions kind")
+        bbox = bbox_f.float_list.value
+        phrases = tuple(p.decode("utf-8") for p in phrase_f.bytes_list.value)
+        images, captions = feat["image/encoded"].bytes_list.value, feat["caption"].bytes_list.value
+        if len(images) != 1 or len(captions) != 1:
+            raise ValueError("image/encoded or caption")
+        image = images[0]
         if len(bbox) != 4 * len(phrases) or not image:
             raise ValueError("regions/bbox or image/encoded")
         return TrainingFields(
             image=image,
-            caption=feat["caption"].bytes_list.value[0].decode("utf-8"),
+            caption=captions[0].decode("utf-8"),
             boxes=np.array(bbox, np.float32).reshape(-1, 4),
             phrases=phrases,
         )

@@ -167,6 +167,11 @@ def _tamper(blob: bytes, edit) -> bytes:
         (lambda f: f.__delitem__("caption"), "caption"),
         (lambda f: f["caption"].bytes_list.value.__setitem__(0, b"\xff\xfe"), "caption"),
         (lambda f: f["image/encoded"].bytes_list.value.__setitem__(0, b""), "image/encoded"),
+        # Read naively, these would be a record with zero regions or the first of two captions.
+        (lambda f: (f.__delitem__("regions/bbox"), f.__delitem__("regions/phrase")),
+         "regions/bbox"),
+        (lambda f: f["regions/bbox"].bytes_list.value.append(b"0.1"), "regions/bbox"),
+        (lambda f: f["caption"].bytes_list.value.append(b"a second caption"), "caption"),
     ],
 )
 def test_training_fields_reject_what_the_loader_cannot_use(edit, field):
