@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 
 import numpy as np
@@ -336,3 +337,16 @@ def test_bad_paths_and_batch_sizes(shards, tok, tmp_path):
     with pytest.raises(data.DataError, match="process_index"):
         data.make_train_iter(_config(shards), tok, per_process_batch=2, process_index=2,
                              process_count=2)
+
+
+def test_crop_decode_size_covers_the_most_elongated_smallest_crop(tok):
+    cfg = data.default_config()
+    cfg.image_size, cfg.augment.crop = 224, True
+    cfg.augment.crop_area, cfg.augment.crop_ratio = (0.3, 1.0), (3 / 4, 4 / 3)
+    side = data.ExampleTransform(cfg, tok).min_side
+    # A square image decoded at `side`: the smallest crop at aspect 4/3 (and 3/4) still has a
+    # short side of at least 224 pixels, so the crop is downsampled to 224, never upsampled.
+    for aspect in (4 / 3, 3 / 4):
+        w, h = math.sqrt(0.3 * aspect) * side, math.sqrt(0.3 / aspect) * side
+        assert min(w, h) >= 224 - 1e-6
+    assert side < 224 / math.sqrt(0.3 / (4 / 3)) + 1  # and not more than that needs

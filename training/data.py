@@ -124,8 +124,11 @@ class ExampleTransform(grain.transforms.RandomMap):
         if train and aug.crop:
             ops.append(pp.RandomResizedCrop(tuple(aug.crop_area), tuple(aug.crop_ratio),
                                             float(aug.min_visible)))
-            # Decode big enough that the smallest crop is still >= size pixels on its short side.
-            min_side = math.ceil(size / math.sqrt(float(aug.crop_area[0])))
+            # Decode big enough that the smallest crop is still >= size pixels on its short side,
+            # at the most elongated aspect: a crop of area fraction a and aspect r (w/h) of a
+            # square image has short side sqrt(a / max(r, 1/r)) of the image's.
+            elongation = max(float(aug.crop_ratio[1]), 1.0 / float(aug.crop_ratio[0]))
+            min_side = math.ceil(size / math.sqrt(float(aug.crop_area[0]) / elongation))
         # Without a crop the resize is fused into the decode (pp.decode_resized).
         self.fused_resize = size if not (train and aug.crop) else None
         self.fast_resize = bool(config.fast_resize)
