@@ -208,3 +208,21 @@ def test_parallel_inputs_numpy_and_jax(tok):
     jax = pytest.importorskip("jax")
     jout = jax.jit(tasks.parallel_inputs, static_argnums=2)(inputs, mask, tok.mask_id)
     assert np.array_equal(np.asarray(jout), out)
+
+
+def test_transfer_decoder_length_fits_the_longest_expression(tok):
+    from evaluation.transfer_decoder import fit_max_len
+
+    box = [0.1, 0.2, 0.3, 0.4]
+    sentences = ["red dog", "the big red dog on the left of the small blue cat", "cat"]
+    n = fit_max_len(tok, sentences)
+    assert n % 8 == 0
+    whole = tasks.format_task("aref", tok, max_len=128, phrase=sentences[1], box=box)
+    for s in sentences:  # every row whole at n: same target as with room to spare
+        f = tasks.format_task("aref", tok, max_len=n, phrase=s, box=box)
+        g = tasks.format_task("aref", tok, max_len=128, phrase=s, box=box)
+        assert f.targets[f.loss_mask > 0].tolist() == g.targets[g.loss_mask > 0].tolist()
+    # ... and 8 shorter would cut the longest one.
+    cut = tasks.format_task("aref", tok, max_len=n - 8, phrase=sentences[1], box=box)
+    assert cut.loss_mask.sum() < whole.loss_mask.sum()
+    assert fit_max_len(tok, ["word " * 500]) == 128  # capped: one essay does not set the cost

@@ -39,7 +39,8 @@ def _rec(c, refs="{data_dir}/refs.json", **kw):
 
 
 def _transfer(c, encoder="checkpoint", refs="{data_dir}/refs.json", **kw):
-    dec = dict(width=128, depth=2, num_heads=4, mlp_dim=512, max_len=32, steps=c.transfer_steps,
+    # max_len 0: fit to the longest expression (transfer_decoder.fit_max_len).
+    dec = dict(width=128, depth=2, num_heads=4, mlp_dim=512, max_len=0, steps=c.transfer_steps,
                batch_size=64, learning_rate=1e-3, warmup=30, seed=0)
     return ml_collections.ConfigDict(dict(type="rec_transfer", **_data(c, refs), splits=_SPLITS,
                                           train_split="train", encoder=encoder,

@@ -3,14 +3,17 @@ REC train split over frozen features, then scored (Acc@0.5) on the other splits.
 
 Config: refs, instances, images; train_split ("train"), splits (("val", "testA", "testB"));
 encoder ("checkpoint" or an .npz path, see features.py); decoder: width, depth, num_heads,
-mlp_dim, max_len, steps, batch_size, learning_rate, warmup, seed (transfer_decoder.DecoderSpec);
+mlp_dim, max_len (0: fit the data, transfer_decoder.fit_max_len), steps, batch_size,
+learning_rate, warmup, seed (transfer_decoder.DecoderSpec);
 report_untrained (also score the decoder before training: the floor the protocol must beat).
 Yields "{split}/acc@0.5", "{split}/miou", "{split}/malformed", "{split}/pointing", "{split}/count",
-"train/loss_first", "train/loss_last", "train/examples", optional "{split}/acc@0.5_untrained".
+"train/loss_first", "train/loss_last", "train/examples", "train/max_len" (the decoder's length),
+optional "{split}/acc@0.5_untrained".
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import ml_collections
@@ -39,10 +42,14 @@ class Evaluator:
             raise ValueError(f"{config.refs} has no '{self.train_split}' refs to train on")
         dec = config.get("decoder", ml_collections.ConfigDict()).to_dict()
         self.spec = td.DecoderSpec(**dec)
+        tok = run.tokenizer
+        if self.spec.max_len <= 0:  # fit the decoder to this data's longest expression
+            sentences = [e.sentence for s in (self.train_split, *self.splits)
+                         for e in self.data.split(s)]
+            self.spec = dataclasses.replace(self.spec, max_len=td.fit_max_len(tok, sentences))
         self.source = config.get("encoder", "checkpoint")
         self.batch_size = int(config.get("batch_size", 32))
         self.images = base.shared_images(run, shared)
-        tok = run.tokenizer
         self.decoder = td.make_decoder(self.spec, tok.vocab_size, tok.pad_id)
         self.data_train = td.format_aref(tok, [e.sentence for e in self.train],
                                          [e.box for e in self.train], self.spec.max_len)
@@ -81,6 +88,7 @@ class Evaluator:
         yield "train/loss_first", losses[0]
         yield "train/loss_last", float(np.mean(losses[-10:]))
         yield "train/examples", float(len(self.train))
+        yield "train/max_len", float(self.spec.max_len)
         for split in self.splits:
             examples, preds = self._scores(params, ctx, split)
             if examples:
