@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -104,17 +105,21 @@ def _cached(tok: TokenizerLike, text: str) -> list[int]:
     return cache[text]
 
 
-# A literal "<loc0123>" in web text would encode as a real location token (the pieces are
-# user-defined), putting a stray box coordinate into a caption or phrase target. Text is encoded
-# with it broken up ("< loc0123>"), so location ids come from boxes only.
+# A literal "<loc0123>" in web text (or "＜loc0123＞", which the tokenizer's NFKC normalisation
+# turns into it) would encode as a real location token (the pieces are user-defined), putting a
+# stray box coordinate into a caption or phrase target. Such text is encoded again with the piece
+# broken up ("< loc0123>"), so location ids come from boxes only.
 _LOC_TEXT = re.compile(r"<(loc\d{4}>)")
 
 
 def _encode_text(tok: TokenizerLike, text: str) -> list[int]:
     """tok.encode(text) of a caption or phrase, never yielding a location id from the text."""
-    if "<loc" in text:
-        text = _LOC_TEXT.sub(r"< \1", text)
-    return tok.encode(text)
+    ids = tok.encode(text)
+    lo, hi = tok.loc_start, tok.loc_start + NUM_BINS
+    if any(lo <= i < hi for i in ids):  # rare: only text that spells a location piece
+        ids = tok.encode(_LOC_TEXT.sub(r"< \1", unicodedata.normalize("NFKC", text)))
+        ids = [i for i in ids if not lo <= i < hi]  # anything that still maps there is dropped
+    return ids
 
 
 def _prefix(tok: TokenizerLike, task: str) -> list[int]:
@@ -345,7 +350,8 @@ def make_prompt(
     SentencePiece never merges across a space. With `max_len` (the decoder's length), an aref
     phrase is cut exactly as format_task cuts it in training, so the prompt leaves room for the
     box: without the cut, a long expression's prompt would fill the buffer and its answer would
-    always be malformed.
+    always be malformed. (Where not even one phrase token fits, training drops the row; the
+    prompt then has no phrase at all.)
     """
     prefix = _prefix(tok, task)
     ids = [tok.bos_id, *prefix]

@@ -82,9 +82,14 @@ def test_box_positions_are_the_four_tokens_before_eos(setup):
     where = box_positions(row, tok.loc_start, tok.eos_id)
     assert list(row.targets[where] - tok.loc_start) == list(tasks.box_to_bins([0.1, 0.2, 0.5, 0.9]))
     assert row.targets[where[-1] + 1] == tok.eos_id
-    # A phrase too long for max_len: the box is dropped or cut, and the row is not scored.
-    long = tasks.format_task("aref", tok, max_len=8, phrase="red circle " * 10, box=[0, 0, 1, 1])
-    assert box_positions(long, tok.loc_start, tok.eos_id) is None
+    # A phrase too long for max_len is cut; the box stays whole, right before EOS.
+    box = [0.25, 0.5, 0.75, 1.0]
+    cut = tasks.format_task("aref", tok, max_len=16, phrase="red circle " * 10, box=box)
+    where = box_positions(cut, tok.loc_start, tok.eos_id)
+    assert where[-1] == 16 - 2 and cut.targets[15] == tok.eos_id  # the row is full
+    assert list(cut.targets[where] - tok.loc_start) == list(tasks.box_to_bins(box))
+    # A dropped row (no room for a phrase token) is not scored.
+    assert box_positions(tasks.empty("aref", tok, 16), tok.loc_start, tok.eos_id) is None
 
 
 def test_a_model_whose_boxes_do_not_fit_counts_them_as_problems(tmp_path):
@@ -96,7 +101,7 @@ def test_a_model_whose_boxes_do_not_fit_counts_them_as_problems(tmp_path):
     evaluator = base.build("loc_readout", cfg, run, {})
     assert evaluator.splits == {}
     m = dict(evaluator.run(None))
-    assert m["problems/loc_readout_box_cut"] == 5
+    assert m["problems/loc_readout_too_long"] == 5
 
 
 def test_readout_metrics_mean_what_they_say():

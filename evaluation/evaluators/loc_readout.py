@@ -21,8 +21,9 @@ Yields per split:
                               earlier edges instead, so this is what it would reach with
                               perfect earlier edges, not a bound on REC Acc@0.5.
   "{split}/count"             expressions scored.
-  "problems/loc_readout_box_cut"  expressions whose box did not fit the model's max_len (skipped),
-                              plus the data loader's own problems/*.
+  "problems/loc_readout_too_long"  expressions with no room for even one phrase token beside
+                              the box in the model's max_len (training drops such rows; skipped
+                              here), plus the data loader's own problems/*.
 Config: refs, instances, images (as the rec evaluator), splits (default ("val",)), batch_size,
 max_per_split (0: all), constrained (default True: the ordering constraint above).
 """
@@ -46,7 +47,8 @@ EDGES = ("y1", "x1", "y2", "x2")  # the order of a box's location tokens (model/
 
 def box_positions(formatted: tasks.Formatted, loc_start: int, eos_id: int) -> np.ndarray | None:
     """int[4]: the target positions of the box's four location tokens in an `aref` row (the four
-    before EOS), or None when the row was cut before its box and EOS."""
+    before EOS), or None for a dropped row (format_task never cuts a box: it cuts the phrase, or
+    drops the row when not even one phrase token fits)."""
     scored = np.flatnonzero(formatted.loss_mask)  # the target: after the prompt, through EOS
     if len(scored) < 5 or int(formatted.targets[scored[-1]]) != eos_id:
         return None
@@ -95,7 +97,7 @@ class Evaluator:
                 row = tasks.format_task("aref", tok, max_len=max_len, phrase=e.sentence, box=e.box)
                 where = box_positions(row, tok.loc_start, tok.eos_id)
                 if where is None:
-                    self.problems["loc_readout_box_cut"] += 1
+                    self.problems["loc_readout_too_long"] += 1
                 else:
                     rows.append((e, row, where))
             if rows:
