@@ -119,6 +119,29 @@ def reliance_table(results: dict[str, dict[str, float]]) -> str:
     return "".join(rows)
 
 
+# (metric, label) of the location-readout rows (evaluation/evaluators/loc_readout.py), each the
+# mean over the held-out splits.
+READOUT_ROWS = (
+    ("r2_y1", "R^2 of y1 (top edge)"),
+    ("r2_x1", "R^2 of x1 (left edge), given y1"),
+    ("r2_y2", "R^2 of y2 (bottom edge), given y1, x1"),
+    ("r2_x2", "R^2 of x2 (right edge), given y1, x1, y2"),
+    ("mae_bins", "mean |error| in bins of 1/1024"),
+    ("tf_acc@0.5", "Acc@0.5 of the 4 teacher-forced edges"),
+)
+
+
+def readout_table(results: dict[str, dict[str, float]]) -> str:
+    """HTML rows: how well each model reads each box edge, given the true earlier ones."""
+    rows = []
+    for metric, label in READOUT_ROWS:
+        values = {n: _mean(results[n], "loc_readout", metric) for n in MODELS}
+        if any(v is not None for v in values.values()):
+            cells = "".join(f"<td>{_fmt(values[n])}</td>" for n in MODELS)
+            rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    return "".join(rows)
+
+
 def _png_data_uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -229,6 +252,7 @@ def build(run_dir: Path) -> dict:
     curves = training_curves(run_dir)
     gallery = rec_gallery(run_dir)
     reliance = reliance_table(results)
+    readout = readout_table(results)
     preview = run_dir / "shards" / "preview.html"
     cmd_rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(v['command'])}</code></td>"
@@ -246,6 +270,12 @@ width:260px;vertical-align:top}} figcaption{{font-size:12px}}</style>
 means the model writes the same tokens whatever it is shown (the text prior and the mean box).</p>
 {f'<table><tr><th>tokens</th>{"".join(f"<th>{v}</th>" for v in MODELS.values())}</tr>{reliance}</table>'
  if reliance else "<p>no image_reliance results</p>"}
+<h2>How well does the decoder read each box edge?</h2>
+<p>Teacher-forced on the held-out <code>aref</code> rows: each location token given the expression
+and the true earlier edges, read as the expected bin of the model's distribution (mean over the
+held-out splits). R^2 0 = no better than each edge's mean box; 1 = exact.</p>
+{f'<table><tr><th>edge</th>{"".join(f"<th>{v}</th>" for v in MODELS.values())}</tr>{readout}</table>'
+ if readout else "<p>no loc_readout results</p>"}
 <h2>Metrics at the last evaluated step</h2>
 <table><tr><th>metric</th>{"".join(f"<th>{v}</th>" for v in MODELS.values())}</tr>{rows}</table>
 <h2>Training curves</h2>{f'<img src="{curves}">' if curves else "<p>no metrics.jsonl found</p>"}

@@ -50,6 +50,8 @@ def run_dir(tmp_path: Path) -> Path:
             ),  # the transfer's own train split: ignored
             (200, "captioning", "val", "cider", 1.00),
             (200, "image_reliance", "aref", "loc_reliance", 0.1234),
+            (200, "loc_readout", "val", "r2_y1", 0.25),
+            (200, "loc_readout", "testA", "r2_y1", 0.75),
         ],
     )
     _results(
@@ -185,6 +187,15 @@ def test_reliance_table_shows_each_models_figure(run_dir: Path):
     assert "Cap: caption tokens" not in section  # no such result: no row
     empty = demo_report.reliance_table({"locca": {}, "cap": {}})
     assert empty == ""
+
+
+def test_readout_table_averages_the_held_out_splits(run_dir: Path):
+    demo_report.build(run_dir)
+    page = (run_dir / "report.html").read_text()
+    section = page[page.index("read each box edge?"):page.index("Metrics at the last")]
+    assert "R^2 of y1 (top edge)" in section and "0.500" in section  # mean of 0.25 and 0.75
+    assert "R^2 of x2" not in section  # no such result: no row
+    assert demo_report.readout_table({"locca": {}, "cap": {}}) == ""
 
 
 def test_a_redone_stage_starts_from_nothing_and_an_interrupted_one_resumes(tmp_path: Path,
