@@ -5,11 +5,14 @@
 
 Every stage is its real command (the same one a user runs in the cloud), called in turn as a
 subprocess; its output goes to the terminal and to runs/demo/logs/<stage>.log. A finished stage is
-recorded in runs/demo/stages/<stage>.json with its command and reused on the next run while the command
-is unchanged. Training resumes from its own checkpoints, so Ctrl-C and `make demo` again continues
-where it stopped. A stage that is redone (FRESH=1, an input stage redone, or a changed command)
-first has its outputs removed, so it cannot continue from another run's checkpoints or scores.
-A failing stage stops the demo with its name, log path and the command to rerun it.
+recorded in runs/demo/stages/<stage>.json with its command and seconds, and reused on the next run
+while the command is unchanged. Training resumes from its own checkpoints, so Ctrl-C and `make
+demo` again continues where it stopped; the stopped attempt's seconds are kept in
+stages/<stage>.partial.json and added, so the report's time is the whole stage's. A stage that
+is redone (FRESH=1, an input stage redone, a changed command, or outputs with no record of this
+demo making them) first has its outputs removed, so it cannot continue from another run's
+checkpoints or scores. A failing stage stops the demo with its name, log path and the command to
+rerun it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,21 @@ class Stage:
     @property
     def marker(self) -> Path:
         return RUN_DIR / "stages" / f"{self.name}.json"
+
+    @property
+    def partial(self) -> Path:
+        """Written while the stage runs and kept if it stops unfinished: the seconds it has
+        spent so far, so a resumed stage's marker records the whole stage's time."""
+        return RUN_DIR / "stages" / f"{self.name}.partial.json"
+
+    def spent(self) -> float:
+        if not self.partial.exists():
+            return 0.0
+        return float(json.loads(self.partial.read_text()).get("seconds", 0.0))
+
+    def record_partial(self, seconds: float) -> None:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self.partial.write_text(json.dumps({"command": self.shell(), "seconds": round(seconds, 1)}))
 
     @property
     def log(self) -> Path:
@@ -184,18 +202,27 @@ def stages() -> list[Stage]:
 
 
 def plan(stage: Stage, *, fresh: bool, redone: set[str]) -> str:
-    """What to do with a stage: "reuse" it when finished; "resume" it when it never finished
-    (Ctrl-C: the trainer goes on from its checkpoint); "redo" it from nothing when FRESH=1, when
-    an input stage was redone or when it finished with another command."""
+    """What to do with a stage: "reuse" it when finished; "resume" it when this demo started it
+    and it stopped unfinished (Ctrl-C: the trainer goes on from its checkpoint; its partial record
+    has the time spent so far); "redo" it from nothing when FRESH=1, when an input stage was
+    redone, when it finished with another command, or when its outputs are there with no record
+    of this demo making them (a marker deleted by hand, another tool's files): continuing those
+    would report a fraction of the stage's time as the whole."""
     if fresh or redone.intersection(stage.deps):
         return "redo"
     if stage.is_done():
         return "reuse"
-    return "resume" if not stage.marker.exists() else "redo"
+    if stage.marker.exists():
+        return "redo"  # finished with another command
+    if stage.partial.exists():
+        partial = json.loads(stage.partial.read_text())
+        return "resume" if partial.get("command") == stage.shell() else "redo"
+    return "redo" if any(p.exists() for p in stage.outputs) else "resume"
 
 
 def clear_outputs(stage: Stage) -> None:
     stage.marker.unlink(missing_ok=True)
+    stage.partial.unlink(missing_ok=True)
     for path in stage.outputs:
         if path.is_dir():
             print(f"  (removing {_rel(path)}: redone from nothing)")
@@ -256,8 +283,15 @@ def main() -> int:
         print(f"{header}\n  $ {stage.shell()}")
         if action == "redo":
             clear_outputs(stage)
+        spent = stage.spent()  # an interrupted earlier attempt's seconds (resume), else 0
+        if spent:
+            print(f"  (continuing: {spent:.0f} s spent on it before)")
         t0 = time.time()
-        rc = _run(stage)
+        stage.record_partial(spent)
+        try:
+            rc = _run(stage)
+        finally:  # also on Ctrl-C and on failure: the next attempt adds to this
+            stage.record_partial(spent + time.time() - t0)
         if rc != 0:
             print(
                 f"\ndemo stopped: stage '{stage.name}' failed with exit code {rc}.\n"
@@ -265,13 +299,14 @@ def main() -> int:
                 file=sys.stderr,
             )
             return 1
-        timings[stage.name] = round(time.time() - t0, 1)
+        timings[stage.name] = round(spent + time.time() - t0, 1)
         redone.add(stage.name)
         stage.marker.parent.mkdir(parents=True, exist_ok=True)
         stage.marker.write_text(
             json.dumps({"command": stage.shell(), "seconds": timings[stage.name],
                         "default_sizes": DEFAULT_SIZES}, indent=1)
         )
+        stage.partial.unlink()
     (RUN_DIR / "timings.json").write_text(
         json.dumps(
             {"stages": timings, "this_run_seconds": round(time.time() - t_start, 1)}, indent=1

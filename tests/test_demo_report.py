@@ -229,9 +229,22 @@ def test_a_redone_stage_starts_from_nothing_and_an_interrupted_one_resumes(tmp_p
     assert lines() == {"a": 1, "b": 1}
     run(fresh=True)  # both redone from nothing, not continued
     assert lines() == {"a": 1, "b": 1}
-    (tmp_path / "stages" / "b.json").unlink()  # b interrupted: it continues its own output
+    # b interrupted (what Ctrl-C leaves: no marker, the time spent so far): it continues its
+    # own output, and its recorded time adds the interrupted attempt's.
+    (tmp_path / "stages" / "b.json").unlink()
+    b = demo.stages()[1]
+    b.record_partial(1000.0)
+    assert set(demo_report.build(tmp_path)["timings"]) == {"a"}  # unfinished: not a stage time
     run()
     assert lines() == {"a": 1, "b": 2}
+    marker = json.loads(b.marker.read_text())
+    assert 1000.0 <= marker["seconds"] < 1100.0 and not b.partial.exists()
+    # b's marker deleted by hand, its output left: no record of how it was made, so it is redone
+    # from nothing (continuing it would report a fraction of its time as the whole).
+    b.marker.unlink()
+    run()
+    assert lines() == {"a": 1, "b": 1}
+    assert json.loads(b.marker.read_text())["seconds"] < 100.0
     commands["a"] = append("a", "; print('changed')")  # a's command changed: a and b redone
     run()
     assert lines() == {"a": 1, "b": 1}
