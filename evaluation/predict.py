@@ -73,9 +73,13 @@ class Predictor:
         def _loc(params, encoded, inputs, min_bin, loc_start, num_loc):
             logits = model.apply({"params": params}, encoded, inputs, method="decode")
             loc = logits[..., loc_start : loc_start + num_loc].astype(jnp.float32)
-            loc = jnp.where(jnp.arange(num_loc) >= min_bin[..., None], loc, -jnp.inf)
-            expected = jax.nn.softmax(loc, axis=-1) @ jnp.arange(num_loc, dtype=jnp.float32)
-            return expected, jnp.argmax(loc, axis=-1).astype(jnp.int32)
+            bins = jnp.arange(num_loc)
+            out = {}
+            for name, x in (("", loc), ("_min", jnp.where(bins >= min_bin[..., None], loc,
+                                                          -jnp.inf))):
+                out["expected" + name] = jax.nn.softmax(x, axis=-1) @ bins.astype(jnp.float32)
+                out["argmax" + name] = jnp.argmax(x, axis=-1).astype(jnp.int32)
+            return out
 
         self._loc = jax.jit(_loc, static_argnames=("loc_start", "num_loc"))
 
@@ -121,27 +125,28 @@ class Predictor:
 
     def loc_readout(self, params: Any, encoded: np.ndarray, inputs: np.ndarray, *,
                     loc_start: int, num_loc: int,
-                    min_bin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    min_bin: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Teacher-forced location readout at every position: encoded float[B, N, D], inputs
-        int[B, L] -> (expected bin float32[B, L], argmax bin int32[B, L]) of the softmax over the
-        `num_loc` location logits alone (ids loc_start..loc_start + num_loc - 1). min_bin
-        int[B, L] (default 0): bins below it are excluded at that position (as constrained
-        decoding keeps y2 >= y1 and x2 >= x1); it must be < num_loc."""
+        int[B, L] -> {"expected": float32[B, L], "argmax": int32[B, L]}: the expected and the
+        most likely bin of the softmax over the `num_loc` location logits alone (ids
+        loc_start..loc_start + num_loc - 1); "expected_min", "argmax_min": the same over the bins
+        >= min_bin int[B, L] only (default 0; each < num_loc), as constrained decoding keeps
+        y2 >= y1 and x2 >= x1."""
         if min_bin is None:
             min_bin = np.zeros(inputs.shape, np.int32)
-        expected, argmax = [], []
+        parts: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(inputs), self.batch_size):
             n = len(inputs[i : i + self.batch_size])
             args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
                     for a in (encoded, inputs, np.asarray(min_bin, np.int32))]
-            e, a = self._loc(params, *map(jnp.asarray, args), loc_start=loc_start,
-                             num_loc=num_loc)
-            expected.append(np.asarray(e)[:n])
-            argmax.append(np.asarray(a)[:n])
-        if not expected:
-            return np.zeros((0, inputs.shape[1]), np.float32), np.zeros((0, inputs.shape[1]),
-                                                                         np.int32)
-        return np.concatenate(expected), np.concatenate(argmax)
+            out = self._loc(params, *map(jnp.asarray, args), loc_start=loc_start,
+                            num_loc=num_loc)
+            for key, value in out.items():
+                parts.setdefault(key, []).append(np.asarray(value)[:n])
+        keys = ("expected", "argmax", "expected_min", "argmax_min")
+        empty = {k: np.zeros((0, inputs.shape[1]), np.int32 if "argmax" in k else np.float32)
+                 for k in keys}
+        return {k: np.concatenate(parts[k]) for k in keys} if parts else empty
 
 
 @functools.lru_cache(maxsize=8)

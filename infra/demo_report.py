@@ -274,8 +274,9 @@ means the model writes the same tokens whatever it is shown (the text prior and 
  if reliance else "<p>no image_reliance results</p>"}
 <h2>How well does the decoder read each box edge?</h2>
 <p>Teacher-forced on the held-out <code>aref</code> rows: each location token given the expression
-and the true earlier edges, read as the expected bin of the model's distribution (mean over the
-held-out splits). R^2 0 = no better than each edge's mean box; 1 = exact.</p>
+and the true earlier edges, read as the expected bin of the model's distribution over all 1,024
+bins (mean over the held-out splits). R^2 0 = no better than each edge's mean box; 1 = exact.
+The Acc@0.5 row reads y2 and x2 as constrained decoding does (at or past the true y1, x1).</p>
 {f'<table><tr><th>edge</th>{"".join(f"<th>{v}</th>" for v in MODELS.values())}</tr>{readout}</table>'
  if readout else "<p>no loc_readout results</p>"}
 <h2>Metrics at the last evaluated step</h2>

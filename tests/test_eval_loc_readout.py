@@ -25,10 +25,17 @@ def setup(tmp_path_factory):
     return run, base.build("loc_readout", cfg, run, {}), params, root
 
 
+def _softmax_readout(loc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 reference: (expected bin, argmax bin) of location logits [..., 1024]."""
+    p = np.exp(loc - loc.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return p @ np.arange(tasks.NUM_BINS), loc.argmax(-1)
+
+
 def test_bins_equal_a_direct_computation_from_the_decoder_logits(setup):
     run, evaluator, params, _ = setup
     rows = evaluator.splits["val"]
-    expected, argmax, truth = evaluator.readout(params, rows)
+    r = evaluator.readout(params, rows)
     # Reference: the whole decoder's logits for each row with its own image, no batching or
     # image sharing; softmax over the 1,024 location logits, at the four box positions.
     images = evaluator.images.batch([e.image_path for e, _, _ in rows])
@@ -40,26 +47,30 @@ def test_bins_equal_a_direct_computation_from_the_decoder_logits(setup):
     where = np.stack([w for _, _, w in rows])
     loc = np.stack([logits[i, w, lo : lo + tasks.NUM_BINS] for i, w in enumerate(where)])
     true_bins = np.stack([tasks.box_to_bins(e.box) for e, _, _ in rows])  # [N, 4] y1 x1 y2 x2
-    bins = np.arange(tasks.NUM_BINS)
+    np.testing.assert_array_equal(r["truth"], true_bins)
+    free_expected, free_argmax = _softmax_readout(loc)
+    np.testing.assert_allclose(r["expected"], free_expected, atol=0.05)  # float32 vs float64
+    assert (r["argmax"] == free_argmax).mean() > 0.95  # near-ties may flip between the sums
     # Constrained as REC decodes: y2 from bins >= the true y1, x2 from bins >= the true x1.
+    bins = np.arange(tasks.NUM_BINS)
     loc[:, 2] = np.where(bins >= true_bins[:, :1], loc[:, 2], -np.inf)
     loc[:, 3] = np.where(bins >= true_bins[:, 1:2], loc[:, 3], -np.inf)
-    p = np.exp(loc - loc.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    np.testing.assert_allclose(expected, p @ bins, atol=0.05)  # bins, float32 vs float64
-    assert (argmax == loc.argmax(-1)).mean() > 0.95  # near-ties may flip between the two sums
-    # The random head spreads its readout: not a constant, so the test can see a wrong position.
-    assert expected.std() > 1.0
-    assert np.all(expected[:, 2] >= true_bins[:, 0]) and np.all(argmax[:, 3] >= true_bins[:, 1])
-    np.testing.assert_array_equal(truth, true_bins)
-    # Unconstrained, the same readout is free to put y2 above y1 (a different answer).
+    min_expected, min_argmax = _softmax_readout(loc)
+    np.testing.assert_allclose(r["expected_min"], min_expected, atol=0.05)
+    assert (r["argmax_min"] == min_argmax).mean() > 0.95
+    assert np.all(r["expected_min"][:, 2] >= true_bins[:, 0])
+    assert np.all(r["argmax_min"][:, 3] >= true_bins[:, 1])
+    # The random head spreads its readout (not a constant, so a wrong position would show), and
+    # the constraint changes y2/x2 only.
+    assert r["expected"].std() > 1.0
+    np.testing.assert_allclose(r["expected_min"][:, :2], r["expected"][:, :2], atol=1e-4)
+    assert np.abs(r["expected_min"][:, 2:] - r["expected"][:, 2:]).max() > 1.0
     evaluator.constrained = False
     try:
-        free, _, _ = evaluator.readout(params, rows)
+        off = evaluator.readout(params, rows)
     finally:
         evaluator.constrained = True
-    np.testing.assert_allclose(free[:, :2], expected[:, :2], atol=1e-4)
-    assert np.abs(free[:, 2:] - expected[:, 2:]).max() > 1.0
+    np.testing.assert_allclose(off["expected_min"], r["expected"], atol=1e-4)
 
 
 def test_metrics_of_the_evaluator_run(setup):
@@ -110,23 +121,29 @@ def test_readout_metrics_mean_what_they_say():
     truth[:, 2:] = np.maximum(truth[:, 2:], truth[:, :2] + 50)  # well-formed true boxes
     truth = np.minimum(truth, 1023)
     boxes = (truth + 0.5) / 1024
-    exact = readout_metrics("val", truth.astype(float), truth, truth, boxes)
-    m = dict(exact)
+
+    def metrics(free, decoded_bins, t=truth, b=boxes):
+        decoded = {"expected": decoded_bins.astype(float), "argmax": decoded_bins}
+        return dict(readout_metrics("val", free, decoded, t, b))
+
+    m = metrics(truth.astype(float), truth)
     assert all(m[f"val/r2_{e}"] == pytest.approx(1.0) for e in EDGES)
     assert m["val/mae_bins"] == 0.0 and m["val/tf_acc@0.5"] == 1.0 == m["val/tf_acc@0.5_expected"]
     # Answering every edge's mean over the split: R^2 exactly 0.
     mean = np.broadcast_to(truth.mean(0), truth.shape)
-    m = dict(readout_metrics("val", mean, mean.round().astype(int), truth, boxes))
+    m = metrics(mean, mean.round().astype(int))
     assert all(m[f"val/r2_{e}"] == pytest.approx(0.0, abs=1e-12) for e in EDGES)
     # Off by 10 bins on every edge: MAE 10, R^2 = 1 - 100 / var.
-    m = dict(readout_metrics("val", truth + 10.0, truth + 10, truth, boxes))
+    m = metrics(truth + 10.0, truth + 10)
     assert m["val/mae_bins"] == pytest.approx(10.0)
     for k, e in enumerate(EDGES):
         assert m[f"val/r2_{e}"] == pytest.approx(1 - 100 / truth[:, k].var())
+    # R^2 and MAE come from the free readout, the box accuracy from the decoded one.
+    m = metrics(mean, truth)
+    assert m["val/r2_y1"] == pytest.approx(0.0, abs=1e-12) and m["val/tf_acc@0.5"] == 1.0
     # A constant true edge has no R^2 (0/0), and is left out rather than reported as NaN.
     flat = truth.copy()
     flat[:, 0] = 7
-    names = dict(readout_metrics("val", flat.astype(float), flat, flat, (flat + 0.5) / 1024))
+    names = metrics(flat.astype(float), flat, flat, (flat + 0.5) / 1024)
     assert "val/r2_y1" not in names and "val/r2_x1" in names
     assert names["val/count"] == 50
-

@@ -4,28 +4,33 @@ REC Acc@0.5 needs four generated edges right at once, so early in training or at
 sits near 0 and hides whether localisation is being learned at all. This scores each location
 token of the `aref` target `{expression} : <y1><x1><y2><x2>` given the expression and the TRUE
 earlier edges: at each of the four positions the softmax over the 1,024 location logits alone
-gives an expected bin and an argmax bin, compared with the true bin. As in the rec evaluator's
-constrained decoding (its default; config `constrained`, default True), y2 is read from the bins
->= the true y1 and x2 from those >= the true x1. It is the per-edge view of
+gives an expected bin and an argmax bin, compared with the true bin. It is the per-edge view of
 the gap between "the encoder has the box" (a linear probe reads it) and "the decoder writes it".
 
 Yields per split:
   "{split}/r2_{y1,x1,y2,x2}"  1 - SSE / SST of the expected bin against the true bin over the
                               split: 0 = no better than answering each edge's mean over the split,
                               1 = exact, < 0 = worse than that mean (no fit: the raw readout).
-                              Left out when the split's true bins of that edge are all equal.
-  "{split}/mae_bins"          mean |expected - true bin| over the four edges (bins of 1/1024).
+                              Over all 1,024 bins, unconstrained: restricting y2 to bins >= the
+                              true y1 would by itself give y2 and x2 an R^2 of ~0.5 (a captioner
+                              never trained on boxes scores that on the demo corpus). Left out
+                              when the split's true bins of that edge are all equal.
+  "{split}/mae_bins"          mean |expected - true bin| over the four edges (bins of 1/1024),
+                              unconstrained likewise.
   "{split}/tf_acc@0.5", "{split}/tf_miou"  Acc@0.5 / mean IoU of the box made of the four argmax
                               bins, each read given the true earlier edges ("_expected": of the
-                              rounded expected bins). Greedy generation conditions on its own
-                              earlier edges instead, so this is what it would reach with
-                              perfect earlier edges, not a bound on REC Acc@0.5.
+                              rounded expected bins), with y2 and x2 read as the rec evaluator's
+                              constrained decoding reads them (its default): from the bins >= the
+                              true y1 and x1 (config `constrained`, default True). Greedy
+                              generation conditions on its own earlier edges instead, so this is
+                              what it would reach with perfect earlier edges, not a bound on REC
+                              Acc@0.5.
   "{split}/count"             expressions scored.
   "problems/loc_readout_too_long"  expressions with no room for even one phrase token beside
                               the box in the model's max_len (training drops such rows; skipped
                               here), plus the data loader's own problems/*.
 Config: refs, instances, images (as the rec evaluator), splits (default ("val",)), batch_size,
-max_per_split (0: all), constrained (default True: the ordering constraint above).
+max_per_split (0: all), constrained (default True).
 """
 
 from __future__ import annotations
@@ -59,20 +64,23 @@ def box_positions(formatted: tasks.Formatted, loc_start: int, eos_id: int) -> np
     return where
 
 
-def readout_metrics(split: str, expected: np.ndarray, argmax: np.ndarray, truth: np.ndarray,
+def readout_metrics(split: str, free: np.ndarray, decoded: dict[str, np.ndarray],
+                    truth: np.ndarray,
                     true_boxes: Sequence[Sequence[float]]) -> list[tuple[str, float]]:
-    """expected float[N, 4], argmax int[N, 4], truth int[N, 4] bins (y1 x1 y2 x2); true_boxes
+    """free float[N, 4]: the unconstrained expected bins; decoded: {"expected": float[N, 4],
+    "argmax": int[N, 4]} as decoding reads them; truth int[N, 4] bins (y1 x1 y2 x2); true_boxes
     float[N, 4] normalized -> the metrics described at the top of this module."""
-    expected = np.asarray(expected, np.float64).reshape(-1, 4)
+    free = np.asarray(free, np.float64).reshape(-1, 4)
     truth = np.asarray(truth, np.float64).reshape(-1, 4)
     out = []
     for k, edge in enumerate(EDGES):
         sst = float(np.sum((truth[:, k] - truth[:, k].mean()) ** 2))
         if sst > 0:
-            sse = float(np.sum((expected[:, k] - truth[:, k]) ** 2))
+            sse = float(np.sum((free[:, k] - truth[:, k]) ** 2))
             out.append((f"{split}/r2_{edge}", 1.0 - sse / sst))
-    out.append((f"{split}/mae_bins", float(np.mean(np.abs(expected - truth)))))
-    for suffix, bins in (("", np.asarray(argmax, np.float64)), ("_expected", np.rint(expected))):
+    out.append((f"{split}/mae_bins", float(np.mean(np.abs(free - truth)))))
+    for suffix, bins in (("", np.asarray(decoded["argmax"], np.float64)),
+                         ("_expected", np.rint(np.asarray(decoded["expected"], np.float64)))):
         boxes = (bins.reshape(-1, 4) + 0.5) / tasks.NUM_BINS  # tasks.tokens_to_box's bin centre
         s = rec_scores(list(boxes), list(true_boxes))
         out += [(f"{split}/tf_acc@0.5{suffix}", s["acc"]), (f"{split}/tf_miou{suffix}", s["miou"])]
@@ -106,11 +114,14 @@ class Evaluator:
         self.images = base.shared_images(run, shared)
         self.constrained = bool(config.get("constrained", True))
 
-    def readout(self, params, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(expected float[N, 4], argmax int[N, 4], true int[N, 4]) bins of the rows' boxes."""
+    def readout(self, params, rows) -> dict[str, np.ndarray]:
+        """The rows' box positions, read teacher-forced: {"expected", "argmax"} over all bins,
+        {"expected_min", "argmax_min"} with y2 >= true y1 and x2 >= true x1 (when constrained;
+        else the same as the first two), each [N, 4], and "truth" int[N, 4] bins."""
         loc_start = self.run_.tokenizer.loc_start
         n = len(rows)
-        expected, argmax = np.zeros((n, 4), np.float64), np.zeros((n, 4), np.int64)
+        keys = ("expected", "argmax", "expected_min", "argmax_min")
+        out = {k: np.zeros((n, 4), np.int64 if "argmax" in k else np.float64) for k in keys}
 
         def encode(paths):
             return self.predictor.encode(params, self.images.batch(paths))
@@ -123,15 +134,17 @@ class Evaluator:
             if self.constrained:  # y2 >= true y1, x2 >= true x1 (inputs hold the true edges)
                 first = np.take_along_axis(inputs, where[:, 1:3], axis=1) - loc_start
                 np.put_along_axis(min_bin, where[:, 2:4], first, axis=1)
-            e, a = self.predictor.loc_readout(params, gathered, inputs, loc_start=loc_start,
-                                              num_loc=tasks.NUM_BINS, min_bin=min_bin)
-            expected[sel] = np.take_along_axis(e, where, axis=1)
-            argmax[sel] = np.take_along_axis(a, where, axis=1)
-        truth = np.stack([row.targets[where] for _, row, where in rows]) - loc_start
-        return expected, argmax, truth
+            got = self.predictor.loc_readout(params, gathered, inputs, loc_start=loc_start,
+                                             num_loc=tasks.NUM_BINS, min_bin=min_bin)
+            for k in keys:
+                out[k][sel] = np.take_along_axis(got[k], where, axis=1)
+        out["truth"] = np.stack([row.targets[where] for _, row, where in rows]) - loc_start
+        return out
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         for split, rows in self.splits.items():
-            expected, argmax, truth = self.readout(ctx.params, rows)
-            yield from readout_metrics(split, expected, argmax, truth, [e.box for e, _, _ in rows])
+            r = self.readout(ctx.params, rows)
+            decoded = {"expected": r["expected_min"], "argmax": r["argmax_min"]}
+            yield from readout_metrics(split, r["expected"], decoded, r["truth"],
+                                       [e.box for e, _, _ in rows])
         yield from base.problems_metrics(self.problems)
