@@ -109,14 +109,20 @@ RELIANCE_ROWS = (
 )
 
 
+def _model_rows(rows) -> str:
+    """HTML rows from (label, {model: value or None}); a row no model has a value for is left out."""
+    out = []
+    for label, values in rows:
+        if any(values.get(n) is not None for n in MODELS):
+            cells = "".join(f"<td>{_fmt(values.get(n))}</td>" for n in MODELS)
+            out.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    return "".join(out)
+
+
 def reliance_table(results: dict[str, dict[str, float]]) -> str:
     """HTML rows: how much each model's held-out loss rises when it is given another image."""
-    rows = []
-    for key, label in RELIANCE_ROWS:
-        if any(key in results[n] for n in MODELS):
-            cells = "".join(f"<td>{_fmt(results[n].get(key))}</td>" for n in MODELS)
-            rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
-    return "".join(rows)
+    return _model_rows((label, {n: results[n].get(key) for n in MODELS})
+                       for key, label in RELIANCE_ROWS)
 
 
 # (metric, label) of the location-readout rows (evaluation/evaluators/loc_readout.py), each the
@@ -133,13 +139,8 @@ READOUT_ROWS = (
 
 def readout_table(results: dict[str, dict[str, float]]) -> str:
     """HTML rows: how well each model reads each box edge, given the true earlier ones."""
-    rows = []
-    for metric, label in READOUT_ROWS:
-        values = {n: _mean(results[n], "loc_readout", metric) for n in MODELS}
-        if any(v is not None for v in values.values()):
-            cells = "".join(f"<td>{_fmt(values[n])}</td>" for n in MODELS)
-            rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
-    return "".join(rows)
+    return _model_rows((label, {n: _mean(results[n], "loc_readout", metric) for n in MODELS})
+                       for metric, label in READOUT_ROWS)
 
 
 def _png_data_uri(fig) -> str:
