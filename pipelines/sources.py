@@ -75,9 +75,11 @@ def _parse_json(raw: bytes | str | None, source: str) -> tuple[dict[str, Any], s
     """Returns (metadata, problem). Bad JSON does not lose the sample: it only loses the metadata."""
     if raw is None:
         return {}, None
+    if isinstance(raw, dict):  # a parquet struct column: already parsed
+        return raw, None
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, TypeError) as e:
         return {}, f"{source}: metadata JSON unreadable ({e})"
     return (value if isinstance(value, dict) else {}), None
 
@@ -107,12 +109,26 @@ def _emit_group(path: str, key: str, parts: dict[str, bytes]) -> Item:
                      metadata=metadata)
 
 
+class _NotingTarInfo(tarfile.TarInfo):
+    """TarInfo that marks its TarFile when a header is cut short or garbled. tarfile ends the
+    iteration quietly there (past the first member), as if the archive had ended; without this
+    mark the group being read would be emitted as complete, minus its remaining members."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
+            tar.locca_bad_header = f"{type(e).__name__}: {e}"
+            raise
+
+
 def read_webdataset(path: str, f: BinaryIO) -> Iterator[Item]:
     """Yields one item per sample group (or bad member) of a webdataset tar, streaming."""
     key: str | None = None
     parts: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=f, mode="r|*") as tar:
+        with tarfile.open(fileobj=f, mode="r|*", tarinfo=_NotingTarInfo) as tar:
             for member in tar:
                 if not member.isfile():
                     kind = "directory" if member.isdir() else "link" if member.issym() or \
@@ -130,6 +146,9 @@ def read_webdataset(path: str, f: BinaryIO) -> Iterator[Item]:
                     key, parts = member_key, {}
                 data = tar.extractfile(member)
                 parts[ext] = data.read() if data is not None else b""
+            if getattr(tar, "locca_bad_header", None):
+                raise tarfile.ReadError(f"archive cut or corrupt at a member header "
+                                        f"({tar.locca_bad_header})")
     except (tarfile.TarError, EOFError, OSError) as e:
         # The group being read when the tar ended is incomplete: it is the dead letter.
         where = f"{path}:{key}" if key is not None else path
@@ -167,11 +186,19 @@ def read_parquet(path: str, f: BinaryIO, config: SourceConfig) -> Iterator[Item]
             if image is None:
                 yield DeadLetter(source, "missing_image", f"null or absent column {image_key!r}")
                 continue
+            if not isinstance(image, (bytes, bytearray)):
+                yield DeadLetter(source, "missing_image", f"column {image_key!r} holds "
+                                 f"{type(image).__name__}, not image bytes; set --image_key")
+                continue
             text = values.get(text_key) if text_key else None
             if isinstance(text, str):
                 text = text.encode("utf-8")
             if text is None:
                 yield DeadLetter(source, "missing_text", f"null or absent column {text_key!r}")
+                continue
+            if not isinstance(text, (bytes, bytearray)):
+                yield DeadLetter(source, "missing_text", f"column {text_key!r} holds "
+                                 f"{type(text).__name__}, not text; set --text_key")
                 continue
             metadata, _ = _parse_json(values.get(json_key) if json_key else None, source)
             for k in ("url", "width", "height"):
@@ -182,8 +209,27 @@ def read_parquet(path: str, f: BinaryIO, config: SourceConfig) -> Iterator[Item]
 
 
 # ---------------------------------------------------------------------------------------- tfrecord
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), bitwise: only used on 8-byte TFRecord length fields."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC TFRecord stores (TensorFlow's crc32c::Mask)."""
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def _tfrecords(f: BinaryIO) -> Iterator[bytes]:
-    """The payloads of a TFRecord file: u64 length, u32 crc, data, u32 crc (CRCs not checked)."""
+    """The payloads of a TFRecord file: u64 length, u32 masked crc32c of the length, data, u32
+    crc of the data. The length's CRC is checked (a corrupt length would otherwise ask for
+    gigabytes); the data's is not (it costs a pass over every image in Python, and a damaged
+    payload fails its Example parse or image decode, which dead-letters it)."""
     while True:
         header = f.read(12)
         if not header:
@@ -191,6 +237,10 @@ def _tfrecords(f: BinaryIO) -> Iterator[bytes]:
         if len(header) < 12:
             raise EOFError("file ends inside a record header")
         (length,) = struct.unpack("<Q", header[:8])
+        (crc,) = struct.unpack("<I", header[8:])
+        if crc != masked_crc32c(header[:8]):
+            raise EOFError(f"corrupt record header (length field {length} fails its CRC); "
+                           "the rest of the file is not read")
         data = f.read(length)
         if len(data) < length or len(f.read(4)) < 4:
             raise EOFError(f"file ends inside a {length}-byte record")

@@ -80,9 +80,13 @@ class ReadFileFn(beam.DoFn):
                     else:
                         yield item
                     start = time.perf_counter()
-        except OSError as e:  # The file vanished or is unreadable: one dead letter for it.
+        except Exception as e:  # noqa: BLE001 - one bad file must not fail the whole job
+            # Unreadable, vanished or corrupt in a way its reader does not name (a garbage length
+            # field, a column of the wrong type): the rest of the file is one dead letter, so the
+            # counts still add up (read = written + dead-lettered + filtered).
             n += 1
-            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(path, "unreadable_file", str(e)))
+            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
+                path, "unreadable_file", f"{type(e).__name__}: {e} (after {n - 1} items)"))
         self._read.inc(n)
         yield beam.pvalue.TaggedOutput(READ, n)
 
@@ -227,9 +231,20 @@ class WriteShardFn(beam.DoFn):
         yield index, count
 
 
+def describe_error(exc: Any) -> str:
+    """'Type: message' of an exception, or of Beam's (type, repr, traceback) error tuple."""
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, tuple) and len(exc) >= 2:
+        kind = getattr(exc[0], "__name__", exc[0])
+        return f"{kind}: {exc[1]}"
+    return str(exc)
+
+
 def failed_batch_to_dead(failure) -> Iterator[DeadLetter]:
-    """RunInference's error output (batch, exception) -> one dead letter per element."""
+    """RunInference's error output (batch, error) -> one dead letter per element. The error is
+    Beam's (type, repr, traceback) tuple (or an exception)."""
     batch, exc = failure
     for p in batch:
         Metrics.counter(NS, "dead_letter/labeler_error").inc()
-        yield DeadLetter(p.source, "labeler_error", f"{type(exc).__name__}: {exc}")
+        yield DeadLetter(p.source, "labeler_error", describe_error(exc))

@@ -79,10 +79,14 @@ def clean_samples(start: int, count: int) -> list[tuple[str, dict[str, bytes]]]:
 
 
 def write_tfrecord(path: Path, payloads: list[bytes]) -> Path:
-    """TFRecord framing with zero CRCs (the reader does not check them)."""
+    """TFRecord framing: the length's masked CRC as TensorFlow writes it (the reader checks it),
+    zero for the data's (not checked)."""
+    from pipelines.sources import masked_crc32c
+
     with open(path, "wb") as f:
         for p in payloads:
-            f.write(struct.pack("<Q", len(p)) + b"\0" * 4 + p + b"\0" * 4)
+            length = struct.pack("<Q", len(p))
+            f.write(length + struct.pack("<I", masked_crc32c(length)) + p + b"\0" * 4)
     return path
 
 

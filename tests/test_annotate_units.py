@@ -158,6 +158,21 @@ def test_truncated_tar(tmp_path):
     assert items[2].reason == "truncated_tar" and "000000002" in items[2].source
 
 
+def test_tar_cut_inside_a_member_header(tmp_path):
+    path = af.write_tar(tmp_path / "t.tar", af.clean_samples(0, 3))
+    data = path.read_bytes()
+    # Cut 100 bytes into the header of the second sample's last member: tarfile would end the
+    # archive quietly there, and the second sample would look complete without that member.
+    names = [m.name for m in tarfile.open(path)]
+    last_of_second = [n for n in names if n.startswith("000000001.")][-1]
+    offset = data.index(last_of_second.encode()) + 100
+    path.write_bytes(data[:offset])
+    items = _read(path)
+    assert [type(i).__name__ for i in items] == ["RawSample", "DeadLetter"]
+    assert items[1].reason == "truncated_tar" and "000000001" in items[1].source
+    assert "header" in items[1].detail
+
+
 def test_parquet_with_null_image(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -188,6 +203,76 @@ def test_tfrecord_custom_keys_and_truncation(tmp_path):
     assert isinstance(items[0], RawSample) and items[0].text == caption.encode()
     assert items[0].metadata["regions"] == meta["regions"]
     assert isinstance(items[1], DeadLetter) and items[1].reason == "truncated_tfrecord"
+
+
+def test_tfrecord_with_a_corrupt_length_is_a_dead_letter_not_a_crash(tmp_path):
+    from pipelines.example_proto import Example
+
+    image, caption, _ = af.scene(3)
+    ex = Example()
+    ex.features.feature["image/encoded"].bytes_list.value.append(image)
+    ex.features.feature["caption"].bytes_list.value.append(caption.encode())
+    path = af.write_tfrecord(tmp_path / "r.tfrecord", [ex.SerializeToString()] * 2)
+    data = bytearray(path.read_bytes())
+    second = 12 + len(ex.SerializeToString()) + 4
+    data[second : second + 8] = (1 << 62).to_bytes(8, "little")  # a garbage length field
+    path.write_bytes(bytes(data))
+    items = _read(path, "tfrecord")
+    assert isinstance(items[0], RawSample) and items[0].text == caption.encode()
+    assert isinstance(items[1], DeadLetter) and items[1].reason == "truncated_tfrecord"
+    assert "CRC" in items[1].detail and len(items) == 2
+
+
+def test_tfrecord_length_crc_is_tensorflows():
+    from pipelines.sources import _crc32c, masked_crc32c
+
+    assert _crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value (RFC 3720)
+    crc = _crc32c(b"\0" * 8)
+    assert masked_crc32c(b"\0" * 8) == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_parquet_columns_of_the_wrong_type_are_dead_letters(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image, caption, meta = af.scene(1)
+    table = pa.table({"key": ["k0"], "jpg": [image], "caption": [caption], "width": [64],
+                      "json": [meta]})  # json as a struct column: taken as it is
+    pq.write_table(table, tmp_path / "p.parquet")
+    ok = _read(tmp_path / "p.parquet", "parquet")
+    assert isinstance(ok[0], RawSample) and ok[0].metadata["regions"] == meta["regions"]
+    bad_text = _read(tmp_path / "p.parquet", "parquet", text_key="width")
+    assert bad_text[0].reason == "missing_text" and "int" in bad_text[0].detail
+    bad_image = _read(tmp_path / "p.parquet", "parquet", image_key="caption")
+    assert bad_image[0].reason == "missing_image" and "str" in bad_image[0].detail
+
+
+def test_a_file_whose_reader_fails_is_one_dead_letter_and_the_counts_add_up(monkeypatch):
+    from pipelines import stages
+
+    def reader(path, f, config):
+        yield RawSample(key="k0", source=f"{path}:0", image=b"x", text=b"t", metadata={})
+        raise TypeError("a column of the wrong kind")
+
+    monkeypatch.setattr(stages, "read_file", reader)
+    monkeypatch.setattr(stages.FileSystems, "open", lambda path: io.BytesIO(b""))
+    out = list(stages.ReadFileFn(SourceConfig()).process("gs://b/in.tar"))
+    samples = [o for o in out if isinstance(o, RawSample)]
+    dead = [o.value for o in out if getattr(o, "tag", None) == stages.DEAD]
+    read = [o.value for o in out if getattr(o, "tag", None) == stages.READ]
+    assert len(samples) == 1 and len(dead) == 1 and read == [2]
+    assert dead[0].reason == "unreadable_file" and "TypeError" in dead[0].detail
+
+
+def test_labeler_errors_name_the_exception_in_either_form():
+    from pipelines import stages
+
+    item = RawSample(key="k", source="in.tar:k", image=b"", text=b"", metadata={})
+    for exc in (RuntimeError("out of memory"), (RuntimeError, "RuntimeError('out of memory')",
+                                                 "Traceback ...")):
+        (d,) = stages.failed_batch_to_dead(([item], exc))
+        assert d.reason == "labeler_error" and d.detail.startswith("RuntimeError: ")
+        assert "out of memory" in d.detail
 
 
 # ------------------------------------------------------------------------ postprocess + reference
@@ -252,6 +337,17 @@ def test_shard_sink_atomic_and_idempotent(tmp_path):
     reader = ArrayRecordReader(str(tmp_path / "train-00000-of-00002.array_record"))
     assert reader.read_all() == recs
     assert shard_sink.shard_index("abc", 7) == shard_sink.shard_index("abc", 7) < 7
+
+
+def test_leftover_temp_files_are_removed_where_the_tmp_dir_is_no_object(tmp_path, monkeypatch):
+    # On gs:// "OUT/.tmp" is never an object: exists() says False even with files under it.
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "train-00000-of-00001.array_record.abc").write_bytes(b"partial")
+    real_exists = shard_sink.FileSystems.exists
+    monkeypatch.setattr(shard_sink.FileSystems, "exists",
+                        lambda p: False if p.rstrip("/").endswith(".tmp") else real_exists(p))
+    shard_sink.finalize_shards(str(tmp_path), "train", 1, {})
+    assert not list((tmp_path / ".tmp").iterdir())
 
 
 def test_shard_written_in_key_order_whatever_the_arrival_order(tmp_path):
