@@ -101,9 +101,17 @@ def check_options(opts: AnnotateOptions) -> list[str]:
         raise _fail(f"--score_threshold {opts.score_threshold} must be in [0, 1]")
     if not 0.0 < opts.nms_iou <= 1.0:
         raise _fail(f"--nms_iou {opts.nms_iou} must be in (0, 1]; 1.0 disables NMS")
-    for name in ("max_boxes", "max_ngram", "max_batch_size", "min_batch_size", "max_pixels"):
+    for name in ("max_boxes", "max_ngram", "max_batch_size", "min_batch_size", "max_pixels",
+                 "max_queries", "max_words", "max_caption_chars"):
         if getattr(opts, name) < 1:
             raise _fail(f"--{name} must be >= 1, got {getattr(opts, name)}")
+    if opts.min_batch_size > opts.max_batch_size:
+        raise _fail(f"--min_batch_size {opts.min_batch_size} is above --max_batch_size "
+                    f"{opts.max_batch_size}; lower it or raise --max_batch_size")
+    if not 0.0 <= opts.min_box_size <= 1.0:  # NaN fails too
+        raise _fail(f"--min_box_size {opts.min_box_size} must be in [0, 1] (normalized side)")
+    if opts.preview_size < 0:
+        raise _fail(f"--preview_size must be >= 0 (0: an empty preview), got {opts.preview_size}")
     if opts.num_shards < 0:
         raise _fail(f"--num_shards must be >= 0 (0: one per input file), got {opts.num_shards}")
     if not 1 <= opts.jpeg_quality <= 100:
@@ -125,6 +133,11 @@ def check_options(opts: AnnotateOptions) -> list[str]:
         files += sorted(m.path for m in matched if m.size_in_bytes >= 0)
     if not files:
         raise _fail(f"--input {opts.input!r} matches no files; check the path or quote the glob")
+    unique = sorted(set(files))
+    if len(unique) < len(files):  # overlapping patterns: each file is read once, not twice
+        print(f"annotate: --input patterns overlap; reading each of the {len(unique)} files once "
+              f"({len(files) - len(unique)} repeated matches ignored)", file=sys.stderr)
+    files = unique
     probe = FileSystems.join(opts.output, f".write-probe-{uuid.uuid4().hex}")
     try:
         FileSystems.mkdirs(opts.output)

@@ -117,11 +117,17 @@ def finalize_shards(output_dir: str, split: str, num_shards: int,
     ]
     if stale:
         FileSystems.delete(stale)
+    # Leftover temp files of failed or retried writes. Listed by pattern, not behind an exists()
+    # check of the directory: on an object store (gs://) "OUT/.tmp" is never an object itself,
+    # so exists() is False there even when temp files are left under it.
     tmp = FileSystems.join(output_dir, TMP_DIR)
-    if FileSystems.exists(tmp):
+    try:
         leftovers = FileSystems.match([FileSystems.join(tmp, "*")])[0].metadata_list
-        if leftovers:
-            FileSystems.delete([m.path for m in leftovers])
+    except Exception:  # A local .tmp directory that was never created: nothing to remove.
+        leftovers = []
+    if leftovers:
+        FileSystems.delete([m.path for m in leftovers])
+    if FileSystems.exists(tmp):
         try:
             FileSystems.delete([tmp])
         except Exception:  # Object stores have no directories to delete; nothing is left there.

@@ -5,6 +5,7 @@ the same directory checks reruns (new shard count, --require_boxes)."""
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import annotate_fixtures as af
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from pipelines import annotate, shard_sink
@@ -213,13 +215,25 @@ def test_missing_input_is_one_line(tmp_path):
         (["--score_threshold=1.5"], "--score_threshold"),
         (["--score_treshold=0.5"], "unknown flag(s) --score_treshold"),
         (["--labeler=owlvit"], "--owlvit_checkpoint"),
+        (["--min_batch_size=32"], "--min_batch_size 32 is above --max_batch_size"),
+        (["--max_caption_chars=-5"], "--max_caption_chars must be >= 1"),
+        (["--max_queries=0"], "--max_queries must be >= 1"),
+        (["--min_box_size=nan"], "--min_box_size nan must be in [0, 1]"),
+        (["--preview_size=-1"], "--preview_size must be >= 0"),
     ],
 )
 def test_bad_flags(tmp_path, extra, message):
     af.write_tar(tmp_path / "in" / "a.tar", af.clean_samples(0, 1))
-    with pytest.raises(SystemExit, match="annotate: .*" + message.replace("(", r"\(")
-                       .replace(")", r"\)")):
+    with pytest.raises(SystemExit, match="annotate: .*" + re.escape(message)):
         annotate.run(_argv(tmp_path / "in", tmp_path / "out", *extra))
+
+
+def test_overlapping_input_patterns_read_each_file_once(tmp_path):
+    af.write_tar(tmp_path / "in" / "a.tar", af.clean_samples(0, 2))
+    af.write_tar(tmp_path / "in" / "b.tar", af.clean_samples(2, 1))
+    argv = [f"--input={tmp_path}/in/*.tar,{tmp_path}/in/a.tar", f"--output={tmp_path}/out"]
+    files = annotate.check_options(PipelineOptions(argv).view_as(annotate.AnnotateOptions))
+    assert [Path(f).name for f in files] == ["a.tar", "b.tar"]
 
 
 def test_unwritable_output(tmp_path):
