@@ -46,6 +46,14 @@ def state_shardings(model: LocCa, tx: optax.GradientTransformation, mesh: Mesh,
     return abstract, shardings
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    if not x.is_fully_addressable:  # collective: every process calls it for every leaf
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
 def init_state(model: LocCa, tx: optax.GradientTransformation, shardings: State, seed: int,
                init_cfg: Any) -> State:
     """Fresh state placed with `shardings`; the encoder optionally from a big_vision .npz."""
@@ -53,10 +61,15 @@ def init_state(model: LocCa, tx: optax.GradientTransformation, shardings: State,
     if init_cfg.get("encoder_npz"):
         params = jax.jit(lambda r: init_params(model, r),
                          out_shardings=shardings["params"])(rng_init)
-        host = jax.device_get(params)
+        # Every process gets the whole tree (params sharded across hosts are all-gathered:
+        # device_get cannot fetch other hosts' shards), loads the same .npz into it, and each
+        # device takes its shard back.
+        host = jax.tree.map(_to_host, params)
         host["img"] = load_vit_params(init_cfg.encoder_npz, host["img"],
                                       dont_load=tuple(init_cfg.get("dont_load", ())))
-        params = jax.device_put(host, shardings["params"])
+        params = jax.tree.map(
+            lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx]),
+            host, shardings["params"])
         opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
     else:  # One program for both: compiling is most of a small run's start-up.
         def init(r):

@@ -27,7 +27,7 @@ from model.tokenizer import Tokenizer
 from model.vit_checkpoint import export_encoder
 from training import data as data_lib
 from training import metrics as metrics_lib
-from training import sharding
+from training import model_fns, sharding
 from training import train_state as ts
 from training.checkpointing import Checkpointer
 from training.optim import make_optimizer
@@ -54,6 +54,16 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
     if config.batch_size % jax.process_count():
         _fail(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} "
               "processes: change --config.batch_size")
+    for name in ("batch_size", "total_steps", "log_every", "checkpoint.interval"):
+        node, leaf = (config.checkpoint, "interval") if "." in name else (config, name)
+        if int(node[leaf]) < 1:
+            _fail(f"--config.{name} must be >= 1, got {node[leaf]}")
+    if config.model.get("dtype", "float32") not in ("float32", "bfloat16"):
+        _fail(f"--config.model.dtype {config.model.dtype!r}: use float32 or bfloat16")
+    try:
+        model_fns.active_tasks(config.loss.task_weights)
+    except ValueError as e:
+        _fail(f"--config.loss.task_weights: {e}")
 
 
 def resolve_config(config: ml_collections.ConfigDict, tok: Tokenizer) -> ml_collections.ConfigDict:
@@ -80,14 +90,6 @@ def _write_atomic(path: epath.Path, text: str) -> None:
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)  # atomic on POSIX; overwrites (a restart rewrites config.json)
-
-
-def _host_params(params: Any) -> Any:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.device_get(params)
 
 
 class _StopFlag:
@@ -130,9 +132,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool 
         _write_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
     mesh = sharding.make_mesh(config.mesh)
+    if config.batch_size % mesh.devices.size:  # each device gets an equal share of the batch
+        _fail(f"batch_size {config.batch_size} is not divisible by the mesh's "
+              f"{mesh.devices.size} devices: change --config.batch_size")
     model = LocCa(config.model)
     abstract_params = jax.eval_shape(lambda r: init_params(model, r), jax.random.PRNGKey(0))
-    tx, lr_fn = make_optimizer(config.optim, config.total_steps, abstract_params)
+    try:
+        tx, lr_fn = make_optimizer(config.optim, config.total_steps, abstract_params)
+    except ValueError as e:  # an unknown optimizer or schedule name
+        _fail(f"--config.optim: {e}")
     abstract, shardings = ts.state_shardings(model, tx, mesh, config.sharding)
     ckpt = Checkpointer(str(workdir_path / "checkpoints"), interval=config.checkpoint.interval,
                         keep=config.checkpoint.keep, use_async=config.checkpoint.use_async)
@@ -143,8 +151,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool 
             _fail(f"no checkpoint in {workdir_path / 'checkpoints'} to export from")
         params, _ = ckpt.restore(latest, abstract["params"],
                                  ts.split_for_checkpoint(abstract)[1], None)
-        if primary:
-            export_encoder(_host_params(params), str(workdir_path / "encoder.npz"))
+        # Every process: the gather of params sharded across hosts is collective (only
+        # process 0 writes).
+        export_encoder(params, str(workdir_path / "encoder.npz"))
         ckpt.close()
         return "exported"
 
@@ -172,7 +181,7 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
           primary) -> str:
     step = int(jax.device_get(state["step"]))
     total = int(config.total_steps)
-    writer = metrics_lib.MetricsWriter(str(workdir_path), enabled=primary)
+    writer = metrics_lib.MetricsWriter(str(workdir_path), enabled=primary, start_step=step)
     bar = metrics_lib.progress_bar(total, step, enabled=primary and config.progress_bar)
     stop = _StopFlag()
     stop.install()
@@ -216,9 +225,8 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
             logging.info("preempted at step %d: checkpoint saved, exiting", step)
         ckpt.wait()
         if status == "done":
-            if primary and config.export_encoder:
-                export_encoder(_host_params(state["params"]),
-                               str(workdir_path / "encoder.npz"))
+            if config.export_encoder:  # every process: collective gather, process 0 writes
+                export_encoder(state["params"], str(workdir_path / "encoder.npz"))
             if primary:
                 _write_atomic(workdir_path / "DONE", f"{step}\n")
     finally:
@@ -249,7 +257,9 @@ class _Perf:
 
     def __init__(self, config, mesh, abstract_params):
         self.batch = int(config.batch_size)
-        self.tokens = self.batch * 3 * int(config.model.max_len)
+        # Decoder positions per step: one row per trained task (cap_tiny trains Cap alone).
+        tasks = len(model_fns.active_tasks(config.loss.task_weights))
+        self.tokens = self.batch * tasks * int(config.model.max_len)
         self.n_devices = mesh.devices.size
         self.platform = mesh.devices.flat[0].platform
         self.peak = float(config.peak_flops_per_device)
@@ -259,7 +269,7 @@ class _Perf:
         c = config.model
         self.analytic = metrics_lib.analytic_step_flops(
             _count(abstract_params["img"]), _count(abstract_params["txt"]), self.batch,
-            (c.image_size // c.patch_size) ** 2, 3 * int(c.max_len))
+            (c.image_size // c.patch_size) ** 2, tasks * int(c.max_len))
 
     def set_compiled(self, compiled) -> None:
         per_device = metrics_lib.compiled_flops(compiled)
