@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import jax
@@ -156,3 +157,77 @@ def test_missing_inputs_are_one_clear_line(tmp_path):
     c.data.train_glob = str(tmp_path / "none-*.array_record")
     with pytest.raises(SystemExit, match="--config.data.train_glob"):
         trainer.check_inputs(c)
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("log_every", 0, "--config.log_every must be >= 1"),
+        ("checkpoint.interval", 0, "--config.checkpoint.interval must be >= 1"),
+        ("model.dtype", "float16", "--config.model.dtype 'float16': use float32 or bfloat16"),
+        ("loss.task_weights", {"cap": 0.0, "aref": 0.0, "gcap": 0.0},
+         "--config.loss.task_weights: every task weight is zero"),
+        ("optim.name", "lion", "--config.optim: unknown optimizer 'lion'"),
+    ],
+)
+def test_bad_config_values_are_one_clear_line(tmp_path, key, value, message):
+    """Each of these was a traceback (a ZeroDivisionError after the first step, a KeyError, a
+    sharding error) instead of a line naming the flag."""
+    from training import fake_data
+
+    fake_data.write_shards(str(tmp_path), num_records=8)
+    fake_data.write_tokenizer(str(tmp_path / "tok.model"))
+    c = get_config("micro")
+    c.tokenizer = str(tmp_path / "tok.model")
+    c.data.train_glob = str(tmp_path / "train-*.array_record")
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        trainer.train(c, str(tmp_path / "work"))
+
+
+def test_a_batch_the_devices_cannot_split_is_one_clear_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from training import fake_data
+
+    fake_data.write_shards(str(tmp_path), num_records=8)
+    fake_data.write_tokenizer(str(tmp_path / "tok.model"))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "training/run.py", "--config=training/configs/locca.py:micro",
+         f"--workdir={tmp_path / 'work'}", f"--config.tokenizer={tmp_path / 'tok.model'}",
+         f"--config.data.train_glob={tmp_path}/train-*.array_record", "--config.batch_size=3"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "batch_size 3 is not divisible by the mesh's 2 devices" in proc.stderr
+
+
+def test_metrics_rows_past_the_resumed_step_are_dropped(tmp_path):
+    """A run killed after its last checkpoint logged steps the resumed run logs again: the file
+    keeps one row per step (the resumed run's), in order."""
+    import json
+
+    from training import metrics as metrics_lib
+
+    w = metrics_lib.MetricsWriter(str(tmp_path))
+    for step in (1, 2, 3, 4, 5):  # killed after step 5, last checkpoint at step 3
+        w.write(step, {"loss": float(step)})
+    w.close()
+    w = metrics_lib.MetricsWriter(str(tmp_path), start_step=3)
+    for step in (4, 5, 6):
+        w.write(step, {"loss": 10.0 * step})
+    w.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == [1.0, 2.0, 3.0, 40.0, 50.0, 60.0]
+    # A fresh run (start 0) of the same workdir keeps nothing later than step 0.
+    metrics_lib.MetricsWriter(str(tmp_path), start_step=0).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""

@@ -25,7 +25,10 @@ class MetricsWriter:
     Only the primary process writes; others are no-ops so a pod does not write N copies.
     """
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    def __init__(self, workdir: str, *, enabled: bool = True, start_step: int | None = None):
+        """start_step: the step training (re)starts from. Rows of later steps, written by a run
+        that was killed after its last checkpoint, are dropped: the resumed run logs those steps
+        again, and the file keeps one row per step."""
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
@@ -33,7 +36,15 @@ class MetricsWriter:
             return
         workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        path = workdir / "metrics.jsonl"
+        if start_step is not None and path.exists():
+            lines = path.read_text().splitlines()
+            kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= start_step]
+            if len(kept) < len(lines):
+                tmp = workdir / "metrics.jsonl.tmp"
+                tmp.write_text("".join(x + "\n" for x in kept))
+                tmp.replace(path)
+        self._jsonl = path.open("a")
         try:
             from tensorboardX import SummaryWriter
 
