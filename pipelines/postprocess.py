@@ -81,11 +81,13 @@ def select_regions(
         )
     best = np.argmax(scores, axis=1)
     best_score = scores[np.arange(len(best)), best]
-    boxes = np.clip(boxes, 0.0, 1.0)
+    # Finiteness before clipping: clip would turn [0.2, 0.2, inf, inf] into a real-looking box.
+    finite = np.all(np.isfinite(boxes), axis=1)
+    boxes = np.clip(np.where(finite[:, None], boxes, 0.0), 0.0, 1.0)
     # A labeller may return corners in either order; normalize so ymin <= ymax, xmin <= xmax.
     boxes = np.stack([np.minimum(boxes[:, 0], boxes[:, 2]), np.minimum(boxes[:, 1], boxes[:, 3]),
                       np.maximum(boxes[:, 0], boxes[:, 2]), np.maximum(boxes[:, 1], boxes[:, 3])], 1)
-    ok = np.isfinite(best_score) & np.all(np.isfinite(boxes), axis=1)
+    ok = np.isfinite(best_score) & finite
     ok &= best_score >= config.score_threshold
     ok &= (boxes[:, 2] - boxes[:, 0] >= config.min_box_size)
     ok &= (boxes[:, 3] - boxes[:, 1] >= config.min_box_size)

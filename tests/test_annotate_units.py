@@ -298,6 +298,13 @@ def test_select_regions_threshold_min_size_cap():
     assert select_regions(Detections(boxes, np.zeros((4, 0))), [], PostprocessConfig()).phrases == ()
 
 
+def test_select_regions_drops_non_finite_boxes_before_clipping():
+    boxes = np.array([[0.2, 0.2, np.inf, np.inf], [0.1, 0.1, 0.6, 0.6]], np.float32)
+    scores = np.array([[0.9], [0.8]], np.float32)
+    r = select_regions(Detections(boxes, scores), ["cat"], PostprocessConfig())
+    np.testing.assert_allclose(r.boxes, [[0.1, 0.1, 0.6, 0.6]])  # not [0.2, 0.2, 1, 1] as well
+
+
 def test_reference_scores():
     names = [[normalize(n) for n in ("red star", "star", "large red star")]]
     s = score_matrix(names, ["red star", "star", "red", "blue circle", "Red Star!"])[0]
