@@ -158,11 +158,12 @@ def load_vit_params(path: str, init_params: Mapping[str, Any], dont_load: Iterab
     return merge_strict(fix_old_names(read_npz(path, subtree)), init_params, dont_load)
 
 
-def _to_host(x: Any) -> np.ndarray:
-    """float32 numpy copy; arrays sharded across hosts are all-gathered first."""
+def host_array(x: Any) -> np.ndarray:
+    """A numpy copy of the whole array, dtype kept; arrays sharded across hosts are all-gathered
+    first (collective: every process must call it, for the same arrays in the same order)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x, dtype=np.float32)
+    return np.asarray(jax.device_get(x))
 
 
 def export_encoder(params: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:
@@ -170,7 +171,8 @@ def export_encoder(params: Mapping[str, Any], path: str) -> dict[str, np.ndarray
     and returns the flat dict written. Multi-host: every process must call it (the gather is
     collective); only process 0 writes."""
     vit = params["img"] if "img" in params else params
-    flat = {k: _to_host(v) for k, v in traverse_util.flatten_dict(dict(vit), sep="/").items()}
+    flat = {k: np.asarray(host_array(v), np.float32)
+            for k, v in traverse_util.flatten_dict(dict(vit), sep="/").items()}
     if jax.process_index() == 0:
         write_npz(flat, path)
     return flat

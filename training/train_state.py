@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from model.locca import LocCa, init_params
-from model.vit_checkpoint import load_vit_params
+from model.vit_checkpoint import host_array, load_vit_params
 from training import loc_targets, model_fns, sharding
 from training.optim import trainable_labels
 
@@ -46,14 +46,6 @@ def state_shardings(model: LocCa, tx: optax.GradientTransformation, mesh: Mesh,
     return abstract, shardings
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if not x.is_fully_addressable:  # collective: every process calls it for every leaf
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def init_state(model: LocCa, tx: optax.GradientTransformation, shardings: State, seed: int,
                init_cfg: Any) -> State:
     """Fresh state placed with `shardings`; the encoder optionally from a big_vision .npz."""
@@ -64,7 +56,7 @@ def init_state(model: LocCa, tx: optax.GradientTransformation, shardings: State,
         # Every process gets the whole tree (params sharded across hosts are all-gathered:
         # device_get cannot fetch other hosts' shards), loads the same .npz into it, and each
         # device takes its shard back.
-        host = jax.tree.map(_to_host, params)
+        host = jax.tree.map(host_array, params)
         host["img"] = load_vit_params(init_cfg.encoder_npz, host["img"],
                                       dont_load=tuple(init_cfg.get("dont_load", ())))
         params = jax.tree.map(
