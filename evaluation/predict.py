@@ -83,14 +83,22 @@ class Predictor:
 
         self._loc = jax.jit(_loc, static_argnames=("loc_start", "num_loc"))
 
+    def _in_batches(self, fn, *arrays: np.ndarray):
+        """fn over fixed-size chunks of the arrays' rows (the last chunk padded: one compile per
+        shape) -> fn's outputs (a pytree of [B, ...] arrays), padded rows dropped, concatenated
+        on the host; None when there are no rows."""
+        parts = []
+        for i in range(0, len(arrays[0]), self.batch_size):
+            n = len(arrays[0][i : i + self.batch_size])
+            out = fn(*(jnp.asarray(pad_batch(a[i : i + self.batch_size], self.batch_size))
+                       for a in arrays))
+            parts.append(jax.tree.map(lambda x, n=n: np.asarray(x)[:n], out))
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *parts) if parts else None
+
     def encode(self, params: Any, images: np.ndarray) -> np.ndarray:
         """float32[B, H, W, 3] -> float32[B, N, D] (host numpy), in fixed-size batches."""
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            chunk = images[i : i + self.batch_size]
-            enc = self._encode(params, jnp.asarray(pad_batch(chunk, self.batch_size)))
-            out.append(np.asarray(enc)[: len(chunk)])
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+        out = self._in_batches(lambda x: self._encode(params, x), images)
+        return out if out is not None else np.zeros((0,), np.float32)
 
     def generate(self, params: Any, encoded: np.ndarray, prompts: Sequence[Sequence[int]], *,
                  allowed: np.ndarray | None = None, beam_size: int = 1,
@@ -115,13 +123,8 @@ class Predictor:
                   targets: np.ndarray) -> np.ndarray:
         """Teacher-forced NLL of every target token: encoded float[B, N, D], inputs/targets
         int[B, L] -> float32[B, L] (nats; the caller applies its loss mask)."""
-        out = []
-        for i in range(0, len(inputs), self.batch_size):
-            n = len(inputs[i : i + self.batch_size])
-            args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
-                    for a in (encoded, inputs, targets)]
-            out.append(np.asarray(self._nll(params, *map(jnp.asarray, args)))[:n])
-        return np.concatenate(out) if out else np.zeros((0, inputs.shape[1]), np.float32)
+        out = self._in_batches(lambda *a: self._nll(params, *a), encoded, inputs, targets)
+        return out if out is not None else np.zeros((0, inputs.shape[1]), np.float32)
 
     def loc_readout(self, params: Any, encoded: np.ndarray, inputs: np.ndarray, *,
                     loc_start: int, num_loc: int,
@@ -134,19 +137,14 @@ class Predictor:
         y2 >= y1 and x2 >= x1."""
         if min_bin is None:
             min_bin = np.zeros(inputs.shape, np.int32)
-        parts: dict[str, list[np.ndarray]] = {}
-        for i in range(0, len(inputs), self.batch_size):
-            n = len(inputs[i : i + self.batch_size])
-            args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
-                    for a in (encoded, inputs, np.asarray(min_bin, np.int32))]
-            out = self._loc(params, *map(jnp.asarray, args), loc_start=loc_start,
-                            num_loc=num_loc)
-            for key, value in out.items():
-                parts.setdefault(key, []).append(np.asarray(value)[:n])
+        out = self._in_batches(
+            lambda *a: self._loc(params, *a, loc_start=loc_start, num_loc=num_loc),
+            encoded, inputs, np.asarray(min_bin, np.int32))
+        if out is not None:
+            return out
         keys = ("expected", "argmax", "expected_min", "argmax_min")
-        empty = {k: np.zeros((0, inputs.shape[1]), np.int32 if "argmax" in k else np.float32)
-                 for k in keys}
-        return {k: np.concatenate(parts[k]) for k in keys} if parts else empty
+        return {k: np.zeros((0, inputs.shape[1]), np.int32 if "argmax" in k else np.float32)
+                for k in keys}
 
 
 @functools.lru_cache(maxsize=8)
