@@ -23,9 +23,11 @@ from model import generate
 from model.decoder import Decoder, make_incremental
 from model.vit import ViT
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtype -> JAX dtype
+
 
 def _dtype(name: str) -> Any:
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+    return DTYPES[name]
 
 
 class LocCa(nn.Module):

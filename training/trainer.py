@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from model.locca import LocCa, init_params
+from model.locca import DTYPES, LocCa, init_params
 from model.tokenizer import Tokenizer
 from model.vit_checkpoint import export_encoder
 from training import data as data_lib
@@ -54,12 +54,13 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
     if config.batch_size % jax.process_count():
         _fail(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} "
               "processes: change --config.batch_size")
-    for name in ("batch_size", "total_steps", "log_every", "checkpoint.interval"):
-        node, leaf = (config.checkpoint, "interval") if "." in name else (config, name)
-        if int(node[leaf]) < 1:
-            _fail(f"--config.{name} must be >= 1, got {node[leaf]}")
-    if config.model.get("dtype", "float32") not in ("float32", "bfloat16"):
-        _fail(f"--config.model.dtype {config.model.dtype!r}: use float32 or bfloat16")
+    counts = {"batch_size": config.batch_size, "total_steps": config.total_steps,
+              "log_every": config.log_every, "checkpoint.interval": config.checkpoint.interval}
+    for name, value in counts.items():
+        if int(value) < 1:
+            _fail(f"--config.{name} must be >= 1, got {value}")
+    if config.model.get("dtype", "float32") not in DTYPES:
+        _fail(f"--config.model.dtype {config.model.dtype!r}: use {' or '.join(DTYPES)}")
     try:
         model_fns.active_tasks(config.loss.task_weights)
     except ValueError as e:
