@@ -294,6 +294,15 @@ def cpu_ms_per_example(
     return {k: v * 1e3 for k, v in _best_of_interleaved(fns).items()}
 
 
+def _format(tok, rng: np.random.Generator, fields: record_lib.TrainingFields) -> None:
+    """The loader's task formatting of one record's fields (all three tasks, text_len 64)."""
+    from model import tasks
+
+    tasks.format_example(
+        tok, rng, caption=fields.caption, boxes=fields.boxes, phrases=fields.phrases, max_len=64
+    )
+
+
 def cpu_breakdown(records: list[bytes], paths: str, tok) -> dict[str, float]:
     """Single-process CPU ms/example of each step the loader cannot skip, measured alone.
 
@@ -307,8 +316,6 @@ def cpu_breakdown(records: list[bytes], paths: str, tok) -> dict[str, float]:
     """
     import grain
 
-    from model import tasks
-
     source = grain.sources.ArrayRecordDataSource(paths.split(",")[:1])
     fields = [record_lib.decode_training_fields(r) for r in records]
     images = [pp.decode_image(f.image, SIZE) for f in fields]
@@ -317,9 +324,7 @@ def cpu_breakdown(records: list[bytes], paths: str, tok) -> dict[str, float]:
 
     def format_all():
         for f in fields:
-            tasks.format_example(
-                tok, rng, caption=f.caption, boxes=f.boxes, phrases=f.phrases, max_len=64
-            )
+            _format(tok, rng, f)
 
     fns = {
         "read": (lambda: [source[i] for i in range(n)], n),
@@ -371,8 +376,6 @@ def scaling_breakdown(records: list[bytes], tok, seconds: float = 1.0) -> dict[s
     """
     from grain._src.python.ipc import shared_memory_array  # Grain's own transfer (0.2.18)
 
-    from model import tasks
-
     transform = data.ExampleTransform(_config(), tok)
     fields = [record_lib.decode_training_fields(r) for r in records]
     blobs = [f.image for f in fields]
@@ -380,16 +383,11 @@ def scaling_breakdown(records: list[bytes], tok, seconds: float = 1.0) -> dict[s
     rng = np.random.default_rng(0)
     rngs = data._ThreadRngs(0)  # one generator per thread, as the loader's BatchTransform
 
-    def fmt(f):
-        tasks.format_example(
-            tok, rng, caption=f.caption, boxes=f.boxes, phrases=f.phrases, max_len=64
-        )
-
     steps = {
         "decode": (lambda b: pp.decode_image(b, SIZE), blobs),
         "resize": (lambda im: pp.resize(im, SIZE, fast=True), images),
         "parse": (record_lib.decode_training_fields, records),
-        "format": (fmt, fields),
+        "format": (lambda f: _format(tok, rng, f), fields),
         "transform": (lambda r: transform.random_map(r, rngs.at(0)), records),
     }
     out = {}
