@@ -19,6 +19,15 @@ def make_corpus(root: Path, num_eval: int = 40, seed: int = 0) -> Path:
     return Path(generate(root, 4, num_eval, seed)["eval_dir"])
 
 
+def evaluator_config(type_name: str, eval_dir: Path, **kw):
+    """An evaluator's ConfigDict on a RefCOCO-format eval dir (refs, instances, images) + kw."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(
+        type=type_name, refs=str(eval_dir / "refs.json"),
+        instances=str(eval_dir / "instances.json"), images=str(eval_dir / "images"), **kw))
+
+
 def make_tokenizer(eval_dir: Path, path: Path):
     from model import tokenizer as tk
 

@@ -4,10 +4,9 @@ the metrics mean what their names say on hand-made readouts."""
 
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 import pytest
-from test_eval_fixtures import random_head_run
+from test_eval_fixtures import evaluator_config, random_head_run
 
 from evaluation.evaluators import base
 from evaluation.evaluators.loc_readout import EDGES, box_positions, readout_metrics
@@ -18,10 +17,8 @@ from model import tasks
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("loc_readout")
     run, params, eval_dir = random_head_run(root)
-    cfg = ml_collections.ConfigDict(dict(
-        type="loc_readout", refs=str(eval_dir / "refs.json"),
-        instances=str(eval_dir / "instances.json"), images=str(eval_dir / "images"),
-        splits=("val", "testA"), max_per_split=10, batch_size=4))
+    cfg = evaluator_config("loc_readout", eval_dir, splits=("val", "testA"), max_per_split=10,
+                           batch_size=4)
     return run, base.build("loc_readout", cfg, run, {}), params, root
 
 
@@ -106,9 +103,7 @@ def test_box_positions_are_the_four_tokens_before_eos(setup):
 def test_a_model_whose_boxes_do_not_fit_counts_them_as_problems(tmp_path):
     run, _, eval_dir = random_head_run(tmp_path)
     run.model_config.max_len = 6  # room for "aref" + a word, never for a box and EOS
-    cfg = ml_collections.ConfigDict(dict(
-        refs=str(eval_dir / "refs.json"), instances=str(eval_dir / "instances.json"),
-        images=str(eval_dir / "images"), splits=("val",), max_per_split=5))
+    cfg = evaluator_config("loc_readout", eval_dir, splits=("val",), max_per_split=5)
     evaluator = base.build("loc_readout", cfg, run, {})
     assert evaluator.splits == {}
     m = dict(evaluator.run(None))

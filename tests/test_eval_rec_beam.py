@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-import ml_collections
 import pytest
-from test_eval_fixtures import random_head_run
+from test_eval_fixtures import evaluator_config, random_head_run
 
 from evaluation.evaluators import base
 
@@ -19,9 +18,8 @@ def setup(tmp_path_factory):
 
 def _rec(setup, **kw) -> dict[str, float]:
     run, params, eval_dir = setup
-    cfg = ml_collections.ConfigDict(dict(
-        type="rec", refs=str(eval_dir / "refs.json"), instances=str(eval_dir / "instances.json"),
-        images=str(eval_dir / "images"), splits=("val",), max_per_split=8, batch_size=4, **kw))
+    cfg = evaluator_config("rec", eval_dir, splits=("val",), max_per_split=8, batch_size=4,
+                           **kw)
     ev = base.build("rec", cfg, run, {})
     ctx = base.StepContext(1, base.epath.Path(run.workdir) / "checkpoints" / "1", run, params)
     return dict(ev.run(ctx))

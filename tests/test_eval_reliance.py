@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
-from test_eval_fixtures import random_head_run
+from test_eval_fixtures import evaluator_config, random_head_run
 
 from evaluation.evaluators import base
 from evaluation.evaluators.image_reliance import other_image_index
@@ -19,10 +18,8 @@ from evaluation.evaluators.image_reliance import other_image_index
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliance")
     run, params, eval_dir = random_head_run(root)
-    cfg = ml_collections.ConfigDict(dict(
-        type="image_reliance", refs=str(eval_dir / "refs.json"),
-        instances=str(eval_dir / "instances.json"), images=str(eval_dir / "images"),
-        captions=str(eval_dir / "captions.json"), split="val", max_per_split=10, batch_size=4))
+    cfg = evaluator_config("image_reliance", eval_dir, captions=str(eval_dir / "captions.json"),
+                           split="val", max_per_split=10, batch_size=4)
     evaluator = base.build("image_reliance", cfg, run, {})
     return run, evaluator, params, root
 

@@ -1,8 +1,7 @@
 """End-to-end evaluators on the sample corpus with tiny models (slow: they compile generation)."""
 
-import ml_collections
 import pytest
-from test_eval_fixtures import make_corpus, make_tokenizer, make_workdir
+from test_eval_fixtures import evaluator_config, make_corpus, make_tokenizer, make_workdir
 
 from evaluation.checkpoint import TrainRun
 from evaluation.evaluators import base
@@ -23,13 +22,11 @@ def setup(tmp_path_factory):
 def test_transfer_decoder_beats_its_untrained_floor(setup):
     workdir, eval_dir = setup
     run = TrainRun.load(str(workdir))
-    cfg = ml_collections.ConfigDict(dict(
-        type="rec_transfer", refs=str(eval_dir / "refs.json"),
-        instances=str(eval_dir / "instances.json"), images=str(eval_dir / "images"),
-        splits=("val",), train_split="train", encoder="checkpoint", batch_size=16,
-        report_untrained=True,
+    cfg = evaluator_config(
+        "rec_transfer", eval_dir, splits=("val",), train_split="train", encoder="checkpoint",
+        batch_size=16, report_untrained=True,
         decoder=dict(width=64, depth=1, num_heads=2, mlp_dim=128, max_len=24, steps=400,
-                     batch_size=32, learning_rate=2e-3, warmup=20, seed=0)))
+                     batch_size=32, learning_rate=2e-3, warmup=20, seed=0))
     ev = base.build("rec_transfer", cfg, run, {})
     m = dict(ev.run(base.StepContext(1, step_path(str(workdir), 1), run)))
     assert m["train/loss_last"] < 0.7 * m["train/loss_first"]
