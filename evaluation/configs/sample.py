@@ -12,6 +12,8 @@ Variants (`:name[,key=value...]`, keys: data_dir, batch_size, max_per_split, tra
             (does the decoder read the image at all? see evaluators/image_reliance.py)
   readout   loc_readout only (how well each box edge is read, given the true earlier ones)
   rec       REC only;  transfer  transfer only;  quick  everything at toy sizes (tests, smoke runs)
+  seed_check  REC and transfer as `rec_seed1` / `rec_transfer_seed1`: the demo scores its models
+            on a second eval set drawn with another seed, into the same results file
   transfer_npz  transfer from WORKDIR/encoder.npz (run once with --step; compares exported
             encoders, e.g. a plain captioner's `cap_tiny` run against LocCa's)
   refcoco   the official layout: data_dir holds refs(unc).p + instances.json, images_dir the COCO
@@ -113,6 +115,9 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
                               gcap=_gcap(c), linear_probe=_probe(c),
                               image_reliance=_reliance(c), loc_readout=_readout(c)),
         "reliance": lambda: dict(image_reliance=_reliance(c)),
+        # The demo's check that a recipe does not fit one seed: the same REC and transfer on an
+        # eval set drawn with another seed, under their own names in the same results file.
+        "seed_check": lambda: dict(rec_seed1=_rec(c), rec_transfer_seed1=_transfer(c)),
         "rec": lambda: dict(rec=_rec(c)),
         "readout": lambda: dict(loc_readout=_readout(c)),
         "stats": lambda: dict(param_stats=ml_collections.ConfigDict(dict(type="param_stats"))),

@@ -23,20 +23,16 @@ sentence, predicted and true boxes, IoU) for galleries and error analysis.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
-from etils import epath
 
 from evaluation.checkpoint import TrainRun
 from evaluation.data.refcoco import load_rec
 from evaluation.evaluators import base
-from evaluation.evaluators.rec_common import predict_boxes, split_metrics
-from evaluation.metrics import box_iou
+from evaluation.evaluators.rec_common import predict_boxes, split_metrics, write_predictions
 from evaluation.predict import box_constraint
-from model.tasks import NUM_BINS as NUM_LOC
 
 # How location tokens are chosen: the argmax (the paper) or the expected bin (model/generate.py).
 LOC_DECODES = ("argmax", "expected")
@@ -74,12 +70,12 @@ class Evaluator:
         self.images = base.shared_images(run, shared)
         tok = run.tokenizer
         self.allowed = (
-            box_constraint(tok.vocab_size, tok.loc_start, tok.eos_id)
+            box_constraint(tok)
             if config.get("constrained", True)
             else None
         )
         # Constrained decoding also keeps y2 >= y1 and x2 >= x1 (model/generate.py).
-        self.box_order = (tok.loc_start, NUM_LOC) if self.allowed is not None else None
+        self.box_order = (tok.loc_start, tok.num_loc) if self.allowed is not None else None
         self.beam_size = int(config.get("beam_size", 1))
         if self.beam_size < 1:
             raise ValueError(f"rec: beam_size must be >= 1, got {self.beam_size}")
@@ -99,7 +95,7 @@ class Evaluator:
             return self.predictor.encode(params, self.images.batch(paths))
 
         def generator(mode):
-            expected = (tok.loc_start, NUM_LOC) if mode == "expected" else None
+            expected = (tok.loc_start, tok.num_loc) if mode == "expected" else None
             return lambda encoded, prompts: self.predictor.generate(
                 params, encoded, prompts, allowed=self.allowed, box_order=self.box_order,
                 beam_size=self.beam_size, expected_loc=expected)
@@ -126,28 +122,5 @@ class Evaluator:
     def _write_predictions(
         self, step: int, split: str, examples: Sequence, preds: Sequence[np.ndarray | None]
     ) -> None:
-        out_dir = epath.Path(self.run_.workdir) / "eval" / "predictions"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # One vectorized IoU for the split; malformed predictions (None) get no IoU.
-        stacked = np.array([[0.0] * 4 if p is None else list(p) for p in preds]).reshape(-1, 4)
-        ious = box_iou(stacked, np.array([ex.box for ex in examples]).reshape(-1, 4))
-        lines = []
-        for ex, pred, iou in zip(examples, preds, ious, strict=True):
-            lines.append(
-                json.dumps(
-                    {
-                        "ref_id": ex.ref_id,
-                        "image_id": ex.image_id,
-                        "file_name": epath.Path(ex.image_path).name,
-                        "sentence": ex.sentence,
-                        "pred_box": None if pred is None else [float(v) for v in pred],
-                        "gt_box": [float(v) for v in ex.box],
-                        "iou": None if pred is None else float(iou),
-                    }
-                )
-            )
-        tmp = out_dir / f".rec_{split}_step{step}.jsonl.tmp"
-        tmp.write_text("\n".join(lines) + "\n")
-        # replace, not rename: scoring a step again (--step N twice, a restart after this file
-        # was written but before the results were) overwrites the earlier predictions.
-        tmp.replace(out_dir / f"rec_{split}_step{step}.jsonl")
+        write_predictions(self.run_.workdir, f"{self.config.get('name', 'rec')}_{split}", step,
+                          examples, preds)
