@@ -176,7 +176,7 @@ def test_cli_extends_base_model(tmp_path):
         (["--input", "/nonexistent/*.array_record", "--output", "x.model"], "no shards match"),
         (["--output", "x.model"], "exactly one of --input"),
         (["--input", "a", "--output", "x.model", "--vocab_size", "500"], "too small"),
-        (["--input", "a", "--output", "x.model", "--vocab_size", "300", "--num_loc", "32"],
+        (["--input", "a", "--output", "x.model", "--vocab_size", "290", "--num_loc", "32"],
          "32 location, 256 byte"),
         (["--input", "a", "--output", "x.model", "--num_loc", "1"], "--num_loc must be in"),
         (["--base_model", "/nonexistent.model", "--output", "x.model"], "does not exist"),
