@@ -14,7 +14,15 @@ import grain
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
-from test_data_pipeline import _config, _item_ids, _jpeg, _same, _take, tok  # noqa: F401
+from test_data_pipeline import (  # noqa: F401
+    _config,
+    _item_ids,
+    _jpeg,
+    _same,
+    _take,
+    orbax_round_trip,
+    tok,
+)
 
 from pipelines import record as record_lib
 from training import data, mixture
@@ -75,21 +83,12 @@ def test_weights_draw_in_proportion_and_sources_are_true(sets, tok):  # noqa: F8
 
 
 def test_mixture_resumes_exactly_through_orbax(sets, tok, tmp_path):  # noqa: F811
-    ocp = pytest.importorskip("orbax.checkpoint")
-
     def make():
         return data.make_train_iter(_mix_config(sets), tok, per_process_batch=8, seed=9,
                                     process_index=0, process_count=1)
 
-    it = make()
-    _take(it, 5)
-    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
-        mngr.save(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
-        mngr.wait_until_finished()
-        expected = _take(it, 6)  # past the end of "vg"'s first pass
-        it2 = make()
-        mngr.restore(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(it2)))
-    assert _same(expected, _take(it2, 6))
+    # 6 batches after the save run past the end of "vg"'s first pass.
+    assert _same(*orbax_round_trip(make, 5, 6, tmp_path))
 
 
 @pytest.mark.parametrize("entry,needle", [
