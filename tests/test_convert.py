@@ -236,3 +236,56 @@ def test_corrupt_annotations_are_one_line(coco: Path, tmp_path: Path):
     with pytest.raises(SystemExit) as e:
         convert.run(_coco_argv(coco, tmp_path / "o"))
     assert "cannot read the coco annotations" in str(e.value)
+
+
+def _tagged(path: Path, stored: np.ndarray, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def _red_extent(image: np.ndarray) -> np.ndarray:
+    """Normalized [ymin, xmin, ymax, xmax] of the red pixels."""
+    red = (image[..., 0] > 150) & (image[..., 1] < 100) & (image[..., 2] < 100)
+    ys, xs = np.nonzero(red)
+    h, w = red.shape
+    return np.array([ys.min() / h, xs.min() / w, (ys.max() + 1) / h, (xs.max() + 1) / w])
+
+
+def test_exif_tagged_photos_get_upright_boxes(tmp_path: Path):
+    """Each EXIF orientation, boxes drawn on the stored pixels (COCO's convention, the JSON size is
+    the stored size), plus one whose JSON is upright: after convert + annotate the record's box
+    sits on the red rectangle of the stored (upright) image."""
+    import annotate_fixtures as af
+
+    from pipelines import annotate
+
+    root = tmp_path / "coco"
+    (root / "img").mkdir(parents=True)
+    images, anns, caps = [], [], []
+    xywh = [12, 5, 30, 20]  # on the stored 80 x 50 pixels
+    stored = np.full((50, 80, 3), 200, np.uint8)
+    stored[5:25, 12:42] = (230, 20, 20)
+    for i, orientation in enumerate([1, 2, 3, 4, 5, 6, 7, 8, 6], start=1):
+        _tagged(root / "img" / f"{i}.jpg", stored, orientation)
+        size, box = (80, 50), xywh
+        if i == 9:  # a JSON that describes the upright image (50 x 80), box upright too
+            size, box = (50, 80), [50 - 5 - 20, 12, 20, 30]
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": size[0], "height": size[1]})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": box, "iscrowd": 0})
+        caps.append({"id": i, "image_id": i, "caption": "a red block"})
+    (root / "i.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                             "categories": [{"id": 1, "name": "block"}]}))
+    (root / "c.json").write_text(json.dumps({"annotations": caps}))
+    convert.run(["--format", "coco", "--images", str(root / "img"), "--instances",
+                 str(root / "i.json"), "--captions", str(root / "c.json"), "--output",
+                 str(tmp_path / "web")])
+    annotate.run(["--input", str(tmp_path / "web/*.tar"), "--output", str(tmp_path / "s")])
+    recs = af.load_shards(tmp_path / "s")
+    assert len(recs) == 9
+    for rec in recs:
+        image = np.asarray(Image.open(io.BytesIO(rec.image)).convert("RGB"))
+        assert rec.phrases == ("block",), rec.key
+        np.testing.assert_allclose(rec.boxes[0], _red_extent(image), atol=0.03,
+                                   err_msg=f"image {rec.key}")
+        assert (rec.height, rec.width) == image.shape[:2]

@@ -4,7 +4,8 @@ One sample per image: the alt-text is the image's first caption (lowest caption 
 each non-crowd instance a region named by its category ("giraffe"). Crowd instances cover a group
 (`iscrowd` 1) and are dropped as `crowd`. Images without a caption are dead-lettered
 (`no_caption`), so are images whose file is missing (`missing_image_file`). Boxes go through
-`pipelines.record.boxes_from_xywh` ([x, y, w, h] pixels -> normalized [ymin, xmin, ymax, xmax]).
+`pipelines.record.boxes_from_xywh` ([x, y, w, h] pixels -> normalized [ymin, xmin, ymax, xmax]),
+then into the upright frame of an EXIF-tagged photo (converters/orientation.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.converters.orientation import upright_frame
 from pipelines.converters.output import SampleWriter, box_problem, image_ext
 from pipelines.record import boxes_from_xywh
 
@@ -50,6 +52,7 @@ def convert(images_dir: Path, instances: Path, captions: Path, writer: SampleWri
             writer.dead_letter(source, "no_caption", "no caption in the captions file")
             continue
         width, height = float(im["width"]), float(im["height"])
+        upright, size, orientation = upright_frame(path, width, height)
         regions = []
         for a in sorted(anns[image_id], key=lambda a: a.get("id", 0)):
             name = names.get(a.get("category_id"))
@@ -59,9 +62,11 @@ def convert(images_dir: Path, instances: Path, captions: Path, writer: SampleWri
                 writer.drop_region(problem)
                 continue
             box = boxes_from_xywh(np.asarray(a["bbox"], np.float64), height, width)[0]
-            regions.append({"bbox": [float(v) for v in box], "phrase": name, "names": [name],
+            regions.append({"bbox": [float(v) for v in upright(box)], "phrase": name,
+                            "names": [name],
                             "annotation_id": a.get("id")})
         writer.add(f"{int(image_id):012d}", path.read_bytes(), image_ext(path), caption,
-                   {"width": int(width), "height": int(height), "image_id": image_id,
+                   {"width": size[0], "height": size[1], "exif_orientation": orientation,
+                    "image_id": image_id,
                     "file_name": im["file_name"], "url": im.get("coco_url", ""),
                     "regions": regions})

@@ -5,7 +5,8 @@ region_descriptions.json is one JSON array of `{"id": image_id, "regions": [{"re
 read element by element (`stream_json.iter_array`), so memory holds one image's regions at a time.
 image_data.json (`{"image_id", "url", "width", "height", ...}` per image) is small and read whole.
 
-Each region becomes a region named by its phrase. Visual Genome has no captions: the alt-text is
+Each region becomes a region named by its phrase (its box turned upright for an EXIF-tagged photo,
+converters/orientation.py). Visual Genome has no captions: the alt-text is
 the phrases of the `caption_regions` largest regions, deduplicated, joined by ". " (region phrases
 are exactly the ARef/GCap material, and the annotate stage matches regions to the alt-text's
 n-grams). Image files are found as IMAGES/<url's last two path parts> (VG_100K/1.jpg) or
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.converters import stream_json
+from pipelines.converters.orientation import upright_frame
 from pipelines.converters.output import SampleWriter, box_problem, image_ext
 from pipelines.record import boxes_from_xywh
 
@@ -87,11 +89,15 @@ def convert(images_dir: Path, image_data: Path, region_descriptions: Path,
                 writer.dead_letter(source, "missing_image_file", str(info.get("url")))
                 continue
             width, height = float(info["width"]), float(info["height"])
+            upright, size, orientation = upright_frame(path, width, height)
             regions = _regions(entry, width, height, writer)
+            for _, region in regions:
+                region["bbox"] = [float(v) for v in upright(region["bbox"])]
             if not regions:
                 writer.dead_letter(source, "no_regions", "no region with a phrase and a box")
                 continue
             writer.add(f"vg{image_id:09d}", path.read_bytes(), image_ext(path),
                        alt_text(regions, caption_regions),
-                       {"width": int(width), "height": int(height), "image_id": image_id,
+                       {"width": size[0], "height": size[1], "exif_orientation": orientation,
+                        "image_id": image_id,
                         "url": info.get("url", ""), "regions": [r for _, r in regions]})
