@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from evaluation.checkpoint import TrainRun
-from evaluation.data.refcoco import load_rec
+from evaluation.data.refcoco import load_rec, load_refs
 from evaluation.evaluators import base
 from evaluation.evaluators.rec_common import predict_boxes, split_metrics, write_predictions
 from evaluation.predict import box_constraint
@@ -43,10 +43,12 @@ def _prior_box(config: ml_collections.ConfigDict, split: str) -> np.ndarray | No
     of the referred objects of `split` (each object once), answered for every expression.
 
     Loaded on its own (no image files needed, its problems not counted with the scored splits').
-    None when the split is off ("") or has no refs.
+    None when the split is off ("") or the file has no refs in it.
     """
     if not split:
         return None
+    if split not in {r.get("split") for r in load_refs(config.refs)}:
+        return None  # e.g. a refs file of eval splits only: no floor rather than no evaluation
     prior = load_rec(config.refs, config.instances, config.images, splits=(split,),
                      check_images=False)
     boxes = {e.ref_id: e.box for e in prior.examples}
