@@ -50,7 +50,7 @@ def test_encode_shape():
     images = jax.ShapeDtypeStruct((3, cfg.image_size, cfg.image_size, 3), jnp.float32)
     enc = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="encode"),
                          param_shapes(model), images)
-    assert enc.shape == (3, (cfg.image_size // 16) ** 2, cfg.width)
+    assert enc.shape == (3, (cfg.image_size // cfg.patch_size) ** 2, cfg.width)
 
 
 def test_config_overrides_and_errors():
