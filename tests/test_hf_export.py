@@ -54,7 +54,8 @@ def siglip_output(export_dir, images: np.ndarray) -> np.ndarray:
         return model(pixel_values=pixels).last_hidden_state.numpy()
 
 
-@pytest.mark.parametrize("variant,posemb", [("tiny", "sincos2d"), ("S/16", "learn")])
+@pytest.mark.parametrize("variant,posemb", [
+    ("tiny", "sincos2d"), pytest.param("S/16", "learn", marks=pytest.mark.slow)])
 def test_siglip_last_hidden_state_matches_our_encoder(tmp_path, coco_mini, variant, posemb):
     c = get_config(variant, posemb=posemb)
     params = perturbed_params(c)

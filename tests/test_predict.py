@@ -49,8 +49,9 @@ def test_decode_images_reads_every_kind_and_reports_bad_files(tmp_path, photo_di
     assert dec.sizes[str(photo_dir / "one_pixel.png")] == (1, 1)
 
 
-@pytest.mark.parametrize("task,flags", [("caption", {}), ("refer", {"texts": [NASTY, "a cat"]}),
-                                        ("ground", {"boxes": ["0.1,0.2,0.6,0.9"]})])
+@pytest.mark.parametrize("task,flags", [
+    ("caption", {}), ("refer", {"texts": [NASTY, "a cat"]}),
+    pytest.param("ground", {"boxes": ["0.1,0.2,0.6,0.9"]}, marks=pytest.mark.slow)])
 def test_predict_each_task_writes_json_pngs_and_escaped_html(tiny_run, photo_dir, tmp_path,
                                                              task, flags):
     images = predict_cli.expand_images([str(photo_dir / "*")])
