@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", help="exported encoder to use (.npz or transformers directory)")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--batch_size", type=int, default=16, help="model batch (one compile)")
-    p.add_argument("--chunk", type=int, default=256, help="images decoded and held at once")
+    p.add_argument("--chunk", type=int, default=64,
+                   help="images decoded and held at once (progress is logged per chunk)")
     p.add_argument("--max_pixels", type=int, default=64_000_000,
                    help="skip images over this many pixels (annotate's cap)")
     p.add_argument("--tokenizer", help="tokenizer .model (default: config.json's)")
@@ -230,7 +231,7 @@ def pixel_box(box, size) -> list[float] | None:
 
 
 def predict(workdir: str, output: str, task: str, queries: list[Query], *, step=None,
-            encoder=None, tokenizer=None, batch_size=16, beam_size=1, chunk=256,
+            encoder=None, tokenizer=None, batch_size=16, beam_size=1, chunk=64,
             max_pixels=64_000_000, log=print) -> dict:
     """Runs the whole command (see the module docstring) and returns the summary."""
     from evaluation.predict_render import page

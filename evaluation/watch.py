@@ -42,7 +42,7 @@ def resolve_step(workdir: str, step: int | None = None) -> int:
     naming the steps there are."""
     steps = finalized_steps(workdir)
     if not steps or (step is not None and step not in steps):
-        want = "any complete checkpoint" if step is None else f"a complete checkpoint {step}"
+        want = "complete checkpoint" + ("" if step is None else f" {step}")
         raise ValueError(f"{checkpoint_dir(workdir)} has no {want} (complete: {steps}): train "
                          "first or pick one of those with --step")
     return steps[-1] if step is None else step
