@@ -160,6 +160,10 @@ def decode_images(paths: list[str], size: int, max_pixels: int) -> Decoded:
         except OSError as e:
             out.skipped.append({"image": path, "reason": "unreadable", "detail": str(e)[:300]})
             continue
+        except Exception as e:  # noqa: BLE001 - one odd file must not end a run over thousands
+            out.skipped.append({"image": path, "reason": "decode_error",
+                                "detail": f"{type(e).__name__}: {e}"[:300]})
+            continue
         out.model[path] = resize_square(pixels, size)
         out.display[path] = display_copy(pixels)
         out.sizes[path] = pixels.shape[:2]
