@@ -99,6 +99,14 @@ class TrainRun:
                 f"tokenizer {tok_path} has {tokenizer.vocab_size} ids but the model config says "
                 f"vocab_size={model_config.vocab_size}: use the run's own tokenizer"
             )
+        recorded = int(model_config.get("num_loc", 0))
+        if recorded and (recorded, model_config.loc_start) != (tokenizer.num_loc,
+                                                                  tokenizer.loc_start):
+            raise CheckpointMismatch(
+                f"tokenizer {tok_path} has {tokenizer.num_loc} location bins from id "
+                f"{tokenizer.loc_start} but the run was trained with num_loc={recorded} from id "
+                f"{model_config.loc_start}: use the run's own tokenizer"
+            )
         return cls(str(workdir), config, model_config, tokenizer, LocCa(model_config))
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -160,6 +160,8 @@ class Predictor:
 
 
 @functools.lru_cache(maxsize=8)
-def box_constraint(vocab_size: int, loc_start: int, eos_id: int) -> np.ndarray:
-    """bool[5, V]: four location tokens then EOS (a well-formed box answer)."""
-    return generate.loc_constraint(vocab_size, loc_start, eos_id=eos_id)
+def box_constraint(tok) -> np.ndarray:
+    """bool[5, V]: four of the tokenizer's `tok.num_loc` location tokens then EOS (a well-formed
+    box answer)."""
+    return generate.loc_constraint(tok.vocab_size, tok.loc_start, num_loc=tok.num_loc,
+                                   eos_id=tok.eos_id)

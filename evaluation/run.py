@@ -67,6 +67,9 @@ class Job:
         self.evaluators = {}
         for name, ev_config in config.evaluators.items():
             fill_paths(ev_config, values)
+            if "name" not in ev_config:  # what the evaluator's own files are called
+                with ev_config.unlocked():
+                    ev_config.name = name
             self.evaluators[name] = base.build(ev_config.type, ev_config, self.run, shared)
         self.store = ResultsStore(Path(workdir) / "eval", stale_after_s=config.stale_claim_s)
         self.failures = 0

@@ -109,15 +109,14 @@ def make_generate(decoder: Decoder, tokenizer, batch_size: int):
     forced (the same constraint as the pretrained-decoder REC evaluator)."""
     from evaluation.predict import box_constraint, pad_batch, prompts_array
 
-    allowed = jnp.asarray(box_constraint(tokenizer.vocab_size, tokenizer.loc_start,
-                                         tokenizer.eos_id))
+    allowed = jnp.asarray(box_constraint(tokenizer))
 
     @jax.jit
     def run(params, enc, prompt, prompt_len):
         fn = make_incremental(lambda e, x, **kw: decoder.apply({"params": params}, e, x, **kw))
         return generate.greedy(fn, enc, prompt, prompt_len, eos_id=tokenizer.eos_id,
                                pad_id=tokenizer.pad_id, allowed=allowed,
-                               box_order=(tokenizer.loc_start, tasks.NUM_BINS))[0]
+                               box_order=(tokenizer.loc_start, tokenizer.num_loc))[0]
 
     def gen(params, encoded: np.ndarray, prompts) -> list[list[int]]:
         buf, lens = prompts_array(prompts, decoder.max_len, tokenizer.pad_id)

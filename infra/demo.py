@@ -1,7 +1,14 @@
-"""`make demo`: the whole system end to end, offline, on the built-in sample corpus.
+"""`make demo` / `make reproduce`: the whole system end to end, offline, on the built-in corpus.
 
-    python infra/demo.py            # what `make demo` runs (after creating .venv)
+    python infra/demo.py                      # what `make demo` runs (after creating .venv)
+    python infra/demo.py --profile reproduce  # what `make reproduce` runs: the paper's claim at
+                                              # sample scale, a bigger budget (runs/reproduce/)
     FRESH=1 python infra/demo.py    # redo every stage from nothing instead of reusing them
+
+A profile (PROFILES) fixes the corpus (preset, sizes, location bins), the training budget, the
+targets the report checks and the time they must be met in. Both train LocCa (`tiny`) and the plain
+captioner (`cap_tiny`) on the same model, data and steps, and evaluate both on the held-out splits
+and on a second eval set drawn with another seed (the recipe must not fit one seed).
 
 Every stage is its real command (the same one a user runs in the cloud), called in turn as a
 subprocess; its output goes to the terminal and to runs/demo/logs/<stage>.log. A finished stage is
@@ -29,15 +36,66 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_DIR = Path(os.environ.get("DEMO_DIR", ROOT / "runs" / "demo"))
 PY = sys.executable
 
-# Sizes: the demo's budget on a 2-core CPU (README.md has the measured timings).
-_DEFAULTS = {"DEMO_NUM_TRAIN": 3000, "DEMO_NUM_EVAL": 400, "DEMO_TRAIN_STEPS": 0}
-NUM_TRAIN, NUM_EVAL, TRAIN_STEPS = (int(os.environ.get(k, v)) for k, v in _DEFAULTS.items())
-# TRAIN_STEPS 0: the config's own default. Only a run at the default sizes can meet the demo's
-# time target (the report checks the markers).
-DEFAULT_SIZES = (NUM_TRAIN, NUM_EVAL, TRAIN_STEPS) == tuple(_DEFAULTS.values())
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """One end-to-end run's sizes and the targets its report checks (RESULTS.md has the runs).
+
+    train_steps 0 is the training config's own default. `curve`: evaluate every kept checkpoint
+    (Acc@0.5 and the transfer gap against steps) instead of the last one only.
+    """
+
+    name: str
+    num_train: int
+    num_eval: int
+    train_steps: int
+    preset: str
+    num_loc: int
+    vocab_size: int
+    budget_s: int
+    rec_min: float  # LocCa REC Acc@0.5 on each held-out split, at least
+    rec_prior_ratio: float  # ... and this many times the constant-box prior's (0: no check)
+    gap_min_points: float  # frozen-encoder transfer: LocCa minus the captioner, at least
+    curve: bool = False
+    checkpoint_every: int = 0  # 0: the config's own interval
+
+
+PROFILES = {
+    "demo": Profile("demo", num_train=10_000, num_eval=1000, train_steps=0, preset="refcoco",
+                    num_loc=32, vocab_size=1100, budget_s=25 * 60, rec_min=0.3,
+                    rec_prior_ratio=3.0, gap_min_points=5.0),
+    "reproduce": Profile("reproduce", num_train=40_000, num_eval=1000, train_steps=6000,
+                         preset="refcoco", num_loc=32, vocab_size=1100, budget_s=2 * 3600,
+                         rec_min=0.6, rec_prior_ratio=0.0, gap_min_points=10.0, curve=True,
+                         checkpoint_every=1000),
+}
+
+
+def _profile() -> Profile:
+    """The profile named by --profile (or DEMO_PROFILE), with the DEMO_* size knobs applied."""
+    name = os.environ.get("DEMO_PROFILE", "demo")
+    if "--profile" in sys.argv[1:]:
+        i = sys.argv.index("--profile")
+        name = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
+    if name not in PROFILES:
+        raise SystemExit(f"demo: unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    base = PROFILES[name]
+    knobs = {"DEMO_NUM_TRAIN": "num_train", "DEMO_NUM_EVAL": "num_eval",
+             "DEMO_TRAIN_STEPS": "train_steps", "DEMO_PRESET": "preset"}
+    changes = {field: os.environ[k] for k, field in knobs.items() if k in os.environ}
+    try:
+        changes = {f: (v if f == "preset" else int(v)) for f, v in changes.items()}
+    except ValueError as e:
+        raise SystemExit(f"demo: a DEMO_* size knob is not a whole number: {e}") from None
+    return dataclasses.replace(base, **changes)
+
+
+PROFILE = _profile()
+RUN_DIR = Path(os.environ.get("DEMO_DIR", ROOT / "runs" / PROFILE.name))
+# Only a run at the profile's own sizes can meet its time target (the report checks the markers).
+DEFAULT_SIZES = PROFILE == PROFILES[PROFILE.name]
 
 
 @dataclasses.dataclass
@@ -90,8 +148,23 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def _corpus(path: Path, num_train: int, seed: int) -> list[str]:
+    return [PY, "pipelines/sample_corpus.py", "--output", _rel(path), "--num_train",
+            str(num_train), "--num_eval", str(PROFILE.num_eval), "--seed", str(seed),
+            "--preset", PROFILE.preset]
+
+
+def _evaluate(name: str, variant: str, data_dir: Path) -> list[str]:
+    cmd = [PY, "evaluation/run.py", f"--workdir={_rel(RUN_DIR / name)}",
+           f"--config=evaluation/configs/sample.py:{variant},data_dir={_rel(data_dir)}"]
+    # --watch after training: every kept checkpoint is scored (the learning curve), then it stops
+    # at DONE; without it only the last checkpoint is.
+    return cmd + (["--watch", "--timeout=60"] if PROFILE.curve else [])
+
+
 def stages() -> list[Stage]:
     corpus, shards = RUN_DIR / "corpus", RUN_DIR / "shards"
+    seed_check = RUN_DIR / "corpus_seed1"
     tok = RUN_DIR / "tokenizer" / "tok.model"
     labeler = ["--labeler", "reference"]
     if os.environ.get("OWLVIT_CHECKPOINT"):
@@ -100,25 +173,25 @@ def stages() -> list[Stage]:
         f"--config.data.train_glob={_rel(shards)}/train-*.array_record",
         f"--config.tokenizer={_rel(tok)}",
     ]
-    if TRAIN_STEPS:
-        train_common.append(f"--config.total_steps={TRAIN_STEPS}")
+    if PROFILE.train_steps:
+        train_common.append(f"--config.total_steps={PROFILE.train_steps}")
+    if PROFILE.checkpoint_every:
+        steps = PROFILE.train_steps or 1
+        train_common += [f"--config.checkpoint.interval={PROFILE.checkpoint_every}",
+                         f"--config.checkpoint.keep={steps // PROFILE.checkpoint_every + 1}"]
     out = [
         Stage(
             "corpus",
-            [
-                PY,
-                "pipelines/sample_corpus.py",
-                "--output",
-                _rel(corpus),
-                "--num_train",
-                str(NUM_TRAIN),
-                "--num_eval",
-                str(NUM_EVAL),
-                "--seed",
-                "0",
-            ],
-            "build the synthetic web corpus and held-out RefCOCO-style splits",
+            _corpus(corpus, PROFILE.num_train, seed=0),
+            f"build the synthetic web corpus and held-out RefCOCO-style splits "
+            f"(preset {PROFILE.preset})",
             outputs=(corpus,),
+        ),
+        Stage(
+            "corpus_seed1",
+            _corpus(seed_check, 0, seed=1),
+            "a second held-out eval set from another seed (does the recipe fit one seed?)",
+            outputs=(seed_check,),
         ),
         Stage(
             "annotate",
@@ -147,14 +220,16 @@ def stages() -> list[Stage]:
                 "--output",
                 _rel(tok),
                 "--vocab_size",
-                "1800",
+                str(PROFILE.vocab_size),
+                "--num_loc",
+                str(PROFILE.num_loc),
                 # BPE keeps every word of this small corpus whole ("purple" is one piece); the
                 # unigram model split even "red" into "re" + "d", which a 2-layer decoder then has
                 # to reassemble before it can look for the object.
                 "--model_type",
                 "bpe",
             ],
-            "train the SentencePiece tokenizer with the 1024 location tokens",
+            "train the SentencePiece tokenizer with its location tokens",
             deps=("annotate",),
             outputs=(tok.parent,),
         ),
@@ -179,24 +254,31 @@ def stages() -> list[Stage]:
         out.append(
             Stage(
                 f"eval_{name}",
-                [
-                    PY,
-                    "evaluation/run.py",
-                    f"--workdir={_rel(RUN_DIR / name)}",
-                    f"--config=evaluation/configs/sample.py:all,data_dir={_rel(corpus / 'eval')}",
-                ],
+                _evaluate(name, "all", corpus / "eval"),
                 f"evaluate the {name} checkpoints (REC, frozen-encoder transfer, CIDEr)",
                 deps=(f"train_{name}",),
                 outputs=(RUN_DIR / name / "eval",),
+            )
+        )
+    for name in ("locca", "cap"):
+        out.append(
+            Stage(
+                f"eval_seed1_{name}",
+                [PY, "evaluation/run.py", f"--workdir={_rel(RUN_DIR / name)}",
+                 "--config=evaluation/configs/sample.py:seed_check,"
+                 f"data_dir={_rel(seed_check / 'eval')}"],
+                f"REC and transfer of the {name} model on the other seed's eval set",
+                deps=(f"eval_{name}", "corpus_seed1"),
             )
         )
     out += use_stages(corpus)
     out.append(
         Stage(
             "report",
-            [PY, "infra/demo_report.py", "--run_dir", _rel(RUN_DIR)],
+            [PY, "infra/demo_report.py", "--run_dir", _rel(RUN_DIR), "--profile", PROFILE.name],
             f"write {_rel(RUN_DIR)}/report.html and report.json",
-            deps=("eval_locca", "eval_cap", "export", "predict"),
+            deps=("eval_locca", "eval_cap", "eval_seed1_locca", "eval_seed1_cap", "export",
+                  "predict"),
         )
     )
     return out
@@ -331,7 +413,8 @@ def main() -> int:
             {"stages": timings, "this_run_seconds": round(time.time() - t_start, 1)}, indent=1
         )
     )
-    print(f"\ndemo finished in {time.time() - t_start:.0f} s: open {_rel(RUN_DIR / 'report.html')}")
+    print(f"\n{PROFILE.name} finished in {time.time() - t_start:.0f} s: open "
+          f"{_rel(RUN_DIR / 'report.html')}")
     return 0
 
 

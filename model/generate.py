@@ -96,7 +96,7 @@ def _prefill(dec: IncrementalDecoder, encoded, tokens, start):
 NEG = -1e9  # finite "minus infinity": sums of masked scores stay NaN-free
 
 
-def loc_constraint(vocab_size: int, loc_start: int, *, num_loc: int = 1024, num_boxes: int = 1,
+def loc_constraint(vocab_size: int, loc_start: int, *, num_loc: int, num_boxes: int = 1,
                    eos_id: int | None = None) -> np.ndarray:
     """bool[K, V]: 4 * num_boxes location tokens, then (if eos_id is given) EOS. K = 4n (+1)."""
     rows = np.zeros((4 * num_boxes + (eos_id is not None), vocab_size), bool)

@@ -14,8 +14,9 @@ own and the box ids are appended directly: encoding "dog : <loc…>" as one stri
 "▁" piece before the box (SentencePiece turns the space into its own piece). Decoded to text the
 targets read "dog :<loc…>…" and "<loc…>… : dog".
 
-Quantization: bin = clip(floor(v * 1024), 0, 1023); a bin decodes to its centre (bin + 0.5) / 1024,
-so a decoded coordinate is within half a bin (< 1/1024) of the original.
+Quantization with N = tok.num_loc bins (the tokenizer's location pieces; 1024 at paper scale):
+bin = clip(floor(v * N), 0, N - 1); a bin decodes to its centre (bin + 0.5) / N, so a decoded
+coordinate is within half a bin (< 1/N) of the original.
 
 Truncation shortens only text (caption or phrase) and always keeps the box and the EOS; a location
 task whose prefix + box cannot fit at all is dropped for that example (all-zero loss mask).
@@ -33,7 +34,6 @@ from typing import Any, Protocol
 import numpy as np
 
 TASKS = ("cap", "aref", "gcap")
-NUM_BINS = 1024
 SEPARATOR = ":"
 
 
@@ -42,6 +42,7 @@ class TokenizerLike(Protocol):
     eos_id: int
     bos_id: int
     loc_start: int
+    num_loc: int
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -51,13 +52,13 @@ class TokenizerLike(Protocol):
 # ---------------------------------------------------------------------------------------- boxes
 
 
-def box_to_bins(box: Sequence[float]) -> np.ndarray:
-    """float[4] normalized [ymin, xmin, ymax, xmax] -> int[4] bins in [0, 1023]."""
+def box_to_bins(box: Sequence[float], num_loc: int) -> np.ndarray:
+    """float[4] normalized [ymin, xmin, ymax, xmax] -> int[4] bins in [0, num_loc)."""
     v = np.asarray(box, np.float64).reshape(4)
-    return np.clip(np.floor(v * NUM_BINS), 0, NUM_BINS - 1).astype(np.int64)
+    return np.clip(np.floor(v * num_loc), 0, num_loc - 1).astype(np.int64)
 
 
-def box_to_tokens(box: Sequence[float], loc_start: int) -> list[int]:
+def box_to_tokens(box: Sequence[float], loc_start: int, num_loc: int) -> list[int]:
     """float[4] normalized box -> the 4 location ids (y1 x1 y2 x2).
 
     Same bins as box_to_bins, in plain Python: numpy's per-call overhead on 4 numbers was a
@@ -66,11 +67,11 @@ def box_to_tokens(box: Sequence[float], loc_start: int) -> list[int]:
     values = box.tolist() if isinstance(box, np.ndarray) else list(box)
     if len(values) != 4:
         raise ValueError(f"a box has 4 coordinates, got {len(values)}")
-    top = NUM_BINS - 1
-    return [loc_start + min(max(math.floor(float(v) * NUM_BINS), 0), top) for v in values]
+    top = num_loc - 1
+    return [loc_start + min(max(math.floor(float(v) * num_loc), 0), top) for v in values]
 
 
-def tokens_to_box(ids: Sequence[int], loc_start: int) -> np.ndarray | None:
+def tokens_to_box(ids: Sequence[int], loc_start: int, num_loc: int) -> np.ndarray | None:
     """4 location ids -> float32[4] box at bin centres, or None when malformed.
 
     Malformed: not exactly 4 ids, any id not a location token, or ymin > ymax / xmin > xmax.
@@ -78,11 +79,11 @@ def tokens_to_box(ids: Sequence[int], loc_start: int) -> np.ndarray | None:
     if len(ids) != 4:
         return None
     bins = np.asarray([int(i) for i in ids]) - loc_start
-    if np.any(bins < 0) or np.any(bins >= NUM_BINS):
+    if np.any(bins < 0) or np.any(bins >= num_loc):
         return None
     if bins[0] > bins[2] or bins[1] > bins[3]:
         return None
-    return ((bins + 0.5) / NUM_BINS).astype(np.float32)
+    return ((bins + 0.5) / num_loc).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------- formatting
@@ -115,7 +116,7 @@ _LOC_TEXT = re.compile(r"<(loc\d{4}>)")
 def _encode_text(tok: TokenizerLike, text: str) -> list[int]:
     """tok.encode(text) of a caption or phrase, never yielding a location id from the text."""
     ids = tok.encode(text)
-    lo, hi = tok.loc_start, tok.loc_start + NUM_BINS
+    lo, hi = tok.loc_start, tok.loc_start + tok.num_loc
     if any(lo <= i < hi for i in ids):  # rare: only text that spells a location piece
         ids = tok.encode(_LOC_TEXT.sub(r"< \1", unicodedata.normalize("NFKC", text)))
         ids = [i for i in ids if not lo <= i < hi]  # anything that still maps there is dropped
@@ -214,7 +215,7 @@ def target_ids(
         return ids if budget is None else ids[:budget]
     if box is None:
         raise ValueError(f"task {task!r} needs a box")
-    box_ids = box_to_tokens(box, tok.loc_start)
+    box_ids = box_to_tokens(box, tok.loc_start, tok.num_loc)
     sep = _cached(tok, SEPARATOR)
     # SentencePiece never merges across a space, so encode("dog :") == encode("dog") + encode(":").
     text = _cut_phrase(_encode_phrase(tok, phrase), budget, sep)  # shared: sliced, never modified
@@ -362,7 +363,7 @@ def make_prompt(
     elif task == "gcap":
         if box is None:
             raise ValueError("gcap needs a box")
-        ids += box_to_tokens(box, tok.loc_start) + _cached(tok, SEPARATOR)
+        ids += box_to_tokens(box, tok.loc_start, tok.num_loc) + _cached(tok, SEPARATOR)
     elif task != "cap":
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     return ids
@@ -403,7 +404,7 @@ def decode_target(task: str, ids: Sequence[int], tok: TokenizerLike) -> Decoded:
     None. For aref the text is what precedes it, for gcap what follows it (" : " stripped).
     """
     ids = _until_eos(ids, tok)
-    is_loc = [tok.loc_start <= i < tok.loc_start + NUM_BINS for i in ids]
+    is_loc = [tok.loc_start <= i < tok.loc_start + tok.num_loc for i in ids]
     if task == "cap" or not any(is_loc):
         text = tok.decode([i for i, loc in zip(ids, is_loc, strict=True) if not loc])
         return Decoded(_strip_sep(text) if task != "cap" else text, None)
@@ -411,6 +412,6 @@ def decode_target(task: str, ids: Sequence[int], tok: TokenizerLike) -> Decoded:
     end = start
     while end < len(ids) and is_loc[end]:
         end += 1
-    box = tokens_to_box(ids[start:end], tok.loc_start)
+    box = tokens_to_box(ids[start:end], tok.loc_start, tok.num_loc)
     text_ids = ids[:start] if task == "aref" else ids[end:]
     return Decoded(_strip_sep(tok.decode(text_ids)), box)

@@ -6,7 +6,9 @@ Id layout (fixed once, here, for every model this project uses):
   bos  `<s>`    (CONTROL)           starts every sequence
   unk  `<unk>`  (UNKNOWN)
   mask `<mask>` (CONTROL)           CapPa parallel-prediction input; never produced by `encode`
-  `<loc0000>`..`<loc1023>` (USER_DEFINED, contiguous from `loc_start`): 1024 box-coordinate bins
+  `<loc0000>`..`<locN-1>` (USER_DEFINED, contiguous from `loc_start`): N = `num_loc` box-coordinate
+                                    bins, one setting end to end (NUM_LOC = 1024 for paper-scale
+                                    models, fewer for a small model at low resolution)
 A model trained here gets exactly these; an existing model (e.g. the C4 32k English model) gets the
 missing ones appended by editing its ModelProto (`add_special_pieces`), pad moved to id 0 if needed.
 The resulting layout is written as JSON next to the model (`<model>.json`) and checked on load, so a
@@ -21,15 +23,24 @@ import ast
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 
-NUM_LOC = 1024
+NUM_LOC = 1024  # the default bin count (PaliGemma's, the paper-scale configs')
+MAX_LOC = 10_000  # the piece names have four digits
 PAD, EOS, BOS, UNK, MASK = "<pad>", "</s>", "<s>", "<unk>", "<mask>"
-LOC_PIECES = tuple(f"<loc{i:04d}>" for i in range(NUM_LOC))
+_LOC_NAME = re.compile(r"<loc(\d{4})>")
+
+
+def loc_pieces(num_loc: int = NUM_LOC) -> tuple[str, ...]:
+    """The location pieces `<loc0000>`..`<loc{num_loc-1:04d}>`."""
+    if not 2 <= num_loc <= MAX_LOC:
+        raise ValueError(f"num_loc must be in [2, {MAX_LOC}], got {num_loc}")
+    return tuple(f"<loc{i:04d}>" for i in range(num_loc))
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4  # sentencepiece ModelProto.SentencePiece.Type
 
 
@@ -73,14 +84,15 @@ def train_model(
     vocab_size: int,
     *,
     model_type: str = "unigram",
+    num_loc: int = NUM_LOC,
     character_coverage: float = 0.9995,
     input_sentence_size: int = 2_000_000,
     num_threads: int = 2,
 ) -> bytes:
     """Trains a SentencePiece model with this project's id layout; returns the serialized model.
 
-    `vocab_size` counts everything: 5 specials + 1024 location pieces + 256 bytes + word pieces.
-    It is a soft limit (a tiny corpus yields fewer pieces rather than an error).
+    `vocab_size` counts everything: 5 specials + `num_loc` location pieces + 256 bytes + word
+    pieces. It is a soft limit (a tiny corpus yields fewer pieces rather than an error).
     """
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -102,15 +114,18 @@ def train_model(
         bos_piece=BOS,
         unk_piece=UNK,
         control_symbols=[MASK],
-        user_defined_symbols=list(LOC_PIECES),
+        user_defined_symbols=list(loc_pieces(num_loc)),
         num_threads=num_threads,
         minloglevel=2,
     )
-    return add_special_pieces(out.getvalue())  # A no-op check that the layout came out right.
+    # A no-op check that the layout came out right.
+    return add_special_pieces(out.getvalue(), num_loc=num_loc)
 
 
-def add_special_pieces(model_bytes: bytes) -> bytes:
+def add_special_pieces(model_bytes: bytes, num_loc: int = NUM_LOC) -> bytes:
     """Adds whatever of pad/bos/eos/mask/location pieces a model lacks; returns the new model.
+
+    A model that already has location pieces keeps them; it must have exactly `num_loc`.
 
     Pad is moved (or inserted) at id 0, which shifts every other id by one when it was elsewhere:
     fine for a model trained from scratch, which is the only use here.
@@ -141,13 +156,14 @@ def add_special_pieces(model_bytes: bytes) -> bytes:
         proto.pieces.add(piece=MASK, score=0.0, type=_CONTROL)
         names.append(MASK)
         changed = True
-    present = [n for n in LOC_PIECES if n in names]
+    present = [n for n in names if _LOC_NAME.fullmatch(n)]
     if not present:
-        for name in LOC_PIECES:
+        for name in loc_pieces(num_loc):
             proto.pieces.add(piece=name, score=0.0, type=_USER_DEFINED)
         changed = True
-    elif len(present) != NUM_LOC:
-        raise ValueError(f"the model has {len(present)} of the {NUM_LOC} <locNNNN> pieces, not all")
+    elif present != list(loc_pieces(num_loc)):
+        raise ValueError(f"the model has {len(present)} <locNNNN> pieces, not the {num_loc} asked "
+                         f"for (<loc0000>..<loc{num_loc - 1:04d}>)")
     # SentencePiece's ids are derived from these fields, which must be -1 for absent pieces.
     index = {p.piece: i for i, p in enumerate(proto.pieces)}
     spec.pad_id, spec.bos_id = index[spec.pad_piece], index[spec.bos_piece]
@@ -163,7 +179,13 @@ def add_special_pieces(model_bytes: bytes) -> bytes:
 def layout_of(model_bytes: bytes) -> dict[str, Any]:
     """The id layout of a serialized model (what goes into `<model>.json`)."""
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
-    loc = [sp.piece_to_id(n) for n in LOC_PIECES]
+    # The bin count is the number of location pieces the model holds: <loc0000> upwards.
+    num_loc = 0
+    while num_loc < MAX_LOC and not sp.is_unknown(sp.piece_to_id(f"<loc{num_loc:04d}>")):
+        num_loc += 1
+    if num_loc < 2:
+        raise ValueError("the model has no <locNNNN> location pieces")
+    loc = [sp.piece_to_id(n) for n in loc_pieces(num_loc)]
     layout = {
         "vocab_size": sp.get_piece_size(),
         "pad_id": sp.pad_id(),
@@ -172,7 +194,7 @@ def layout_of(model_bytes: bytes) -> dict[str, Any]:
         "unk_id": sp.unk_id(),
         "mask_id": sp.piece_to_id(MASK),
         "loc_start": loc[0],
-        "num_loc": NUM_LOC,
+        "num_loc": num_loc,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
     }
     if layout["pad_id"] != 0:
@@ -182,7 +204,7 @@ def layout_of(model_bytes: bytes) -> dict[str, Any]:
             raise ValueError(f"the model has no {key[:-3]} piece")
     if sp.id_to_piece(layout["mask_id"]) != MASK or not sp.is_control(layout["mask_id"]):
         raise ValueError(f"the model has no control piece {MASK}")
-    if loc != list(range(loc[0], loc[0] + NUM_LOC)) or sp.is_unknown(loc[0]):
+    if loc != list(range(loc[0], loc[0] + num_loc)):
         raise ValueError("the <locNNNN> pieces are missing or not contiguous")
     return layout
 
@@ -219,7 +241,7 @@ class Tokenizer:
         self.unk_id: int = layout["unk_id"]
         self.mask_id: int = layout["mask_id"]
         self.loc_start: int = layout["loc_start"]
-        self.num_loc: int = NUM_LOC
+        self.num_loc: int = layout["num_loc"]
         self._special = {self.pad_id, self.bos_id, self.mask_id}
 
     @classmethod
@@ -274,7 +296,7 @@ class Tokenizer:
         return self._sp.decode(out)
 
     def is_loc(self, token_id: int) -> bool:
-        return self.loc_start <= int(token_id) < self.loc_start + NUM_LOC
+        return self.loc_start <= int(token_id) < self.loc_start + self.num_loc
 
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))

@@ -22,7 +22,9 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false in the image if several SDK processes share 
 
 Outputs in --output: `{split}-{i:05d}-of-{n:05d}.array_record`, `manifest.json`,
 `dead_letters.jsonl`, `preview.html`, `preview.png`. See the module docstrings of sources, decode,
-queries, postprocess and shard_sink for each step's rules. Empty alt-texts are dead-lettered as
+queries, postprocess and shard_sink for each step's rules. Labellers: `reference` (ground-truth
+regions in each sample's JSON, e.g. from pipelines/convert.py), `grit` (GRIT's noun_chunks /
+ref_exps, `--grit_spans`), `owlvit` (pseudo-labels). Empty alt-texts are dead-lettered as
 `empty_caption` (design.md) unless --keep_empty_captions; non-UTF-8 alt-texts as `caption_not_utf8`.
 """
 
@@ -48,7 +50,7 @@ from pipelines.sources import FORMATS, DeadLetter, SourceConfig  # noqa: E402
 
 # RunInference and the model handler are imported inside build(): Beam's RunInference imports torch
 # when it is installed (seconds), which flag and path errors should not wait for.
-LABELERS = ("reference", "owlvit")
+LABELERS = ("reference", "owlvit", "grit")
 LOCAL_RUNNERS = ("directrunner", "fnapirunner", "bundlebaseddirectrunner", "switchingdirectrunner",
                  "prismrunner", "testdirectrunner")
 
@@ -67,6 +69,8 @@ class AnnotateOptions(PipelineOptions):
         a("--json_key", default=None, help="parquet column / Example feature with JSON metadata")
         a("--labeler", default="reference", choices=LABELERS)
         a("--owlvit_checkpoint", default=None, help="OWL-ViT checkpoint path or hub id")
+        a("--grit_spans", default="noun_chunks", choices=("noun_chunks", "ref_exps", "both"),
+          help="--labeler grit: which GRIT span lists become regions")
         a("--num_shards", type=int, default=0, help="0: one output shard per input file")
         a("--split", default="train")
         a("--score_threshold", type=float, default=0.3)
@@ -198,7 +202,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dic
         decode, queries, keep_empty_captions=opts.keep_empty_captions,
         max_caption_chars=opts.max_caption_chars, progress=progress,
     )).with_outputs(stages.DEAD, stages.NOTE, main="prepared")
-    handler = LabelerModelHandler(LabelerSpec(opts.labeler, opts.owlvit_checkpoint),
+    handler = LabelerModelHandler(LabelerSpec(opts.labeler, opts.owlvit_checkpoint,
+                                              opts.grit_spans),
                                   min_batch_size=opts.min_batch_size,
                                   max_batch_size=opts.max_batch_size)
     inferred, failed = (prepared.prepared
@@ -209,7 +214,9 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dic
     records = inferred | "ToRecord" >> beam.ParDo(stages.ToRecordFn(
         post, num_shards=num_shards, require_boxes=opts.require_boxes,
     )).with_outputs(stages.DEAD, stages.FILTERED, stages.SUMMARY, stages.LABELER, stages.PREVIEW,
-                    main="records")
+                    stages.NOTE, main="records")
+    notes = ((prepared[stages.NOTE], records[stages.NOTE])
+             | "AllNotes" >> beam.Flatten())
     shards = (records.records
               | "GroupByShard" >> beam.GroupByKey()
               | "WriteShards" >> beam.ParDo(stages.WriteShardFn(opts.output, opts.split,
@@ -233,7 +240,7 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dic
             side(shards),
             side(count_by(dead | "Reason" >> beam.Map(lambda d: d.reason), "DeadByReason")),
             side(count_by(records[stages.FILTERED], "FilteredByReason")),
-            side(count_by(prepared[stages.NOTE], "NotesByKind")),
+            side(count_by(notes, "NotesByKind")),
             side(records[stages.SUMMARY]
                  | "BoxStats" >> beam.CombineGlobally(manifest_lib.BoxStatsFn()).without_defaults()),
             side(records[stages.LABELER] | "Labelers" >> beam.Distinct()),

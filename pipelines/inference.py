@@ -19,15 +19,17 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pipelines.labelers.base import Detections, Labeler, LabelerInput
 from pipelines.stages import Prepared
 
-LABELERS = ("reference", "owlvit")  # keep in step with pipelines.annotate.LABELERS
+LABELERS = ("reference", "owlvit", "grit")  # keep in step with pipelines.annotate.LABELERS
 
 
 @dataclasses.dataclass(frozen=True)
 class LabelerSpec:
-    """What to load on each worker: a labeller name and, for owlvit, a checkpoint path or hub id."""
+    """What to load on each worker: a labeller name and, for owlvit, a checkpoint path or hub id;
+    for grit, which span lists become regions."""
 
     name: str = "reference"
     checkpoint: str | None = None
+    grit_spans: str = "noun_chunks"
 
 
 def load_labeler(spec: LabelerSpec) -> Labeler:
@@ -36,6 +38,10 @@ def load_labeler(spec: LabelerSpec) -> Labeler:
         from pipelines.labelers.reference import ReferenceLabeler
 
         return ReferenceLabeler()
+    if spec.name == "grit":
+        from pipelines.labelers.grit import GritLabeler
+
+        return GritLabeler(spec.grit_spans)
     if spec.name == "owlvit":
         try:
             from pipelines.owlvit.labeler import OwlVitLabeler
@@ -67,7 +73,8 @@ class LabelerModelHandler(ModelHandler[Prepared, PredictionResult, Labeler]):
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         start = time.perf_counter()
         inputs = [
-            LabelerInput(key=p.key, image=p.pixels, queries=p.queries, metadata=p.metadata)
+            LabelerInput(key=p.key, image=p.pixels, queries=p.queries, metadata=p.metadata,
+                         caption=p.caption)
             for p in batch
         ]
         detections: list[Detections] = model.detect(inputs)

@@ -67,7 +67,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 def select_regions(
     detections: Detections, queries: list[str], config: PostprocessConfig
 ) -> Regions:
-    """Candidates (boxes float[P, 4], scores float[P, Q]) -> the regions kept for one image."""
+    """Candidates (boxes float[P, 4], scores float[P, Q]) -> the regions kept for one image.
+
+    The Q score columns are the image's `queries`, or the labeller's own `detections.phrases`."""
+    if detections.phrases is not None:
+        queries = list(detections.phrases)
     empty = Regions(np.zeros((0, 4), np.float32), (), np.zeros((0,), np.float32),
                     np.zeros((0,), np.int64))
     scores = np.asarray(detections.scores, np.float32)

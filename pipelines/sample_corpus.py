@@ -1,7 +1,8 @@
 """Generates the built-in synthetic sample corpus (offline, deterministic per seed).
 
   python pipelines/sample_corpus.py --output runs/corpus --num_train 2000 --num_eval 300 --seed 0
-  (--max_objects 1: one object per image, a corpus that tests localising without grounding)
+  (--preset hard: the earlier, harder generator (many small objects of any shape);
+   --max_objects 1: one object per image, a corpus that tests localising without grounding)
 
 Writes
   OUTPUT/web/shard-00000.tar ...  img2dataset webdataset layout: {key}.jpg, {key}.json, {key}.txt;
@@ -10,6 +11,7 @@ Writes
   OUTPUT/eval/instances.json      COCO instances (+ scene labels per image, colour/size per box)
   OUTPUT/eval/refs.json           RefCOCO refs(unc) fields; splits train/val/testA/testB
   OUTPUT/eval/captions.json       COCO captions, 2-3 clean captions per image
+  OUTPUT/eval/stats.json          referent size, same-shape distractors, expression length (vs RefCOCO)
 
 The same arguments give byte-identical files. Python API: `generate(output_dir, num_train, ...)`.
 """
@@ -53,6 +55,7 @@ def generate(
     shard_size: int = 500,
     workers: int | None = None,
     max_objects: int = scene.MAX_OBJECTS,
+    preset: str = "refcoco",
 ) -> dict[str, Any]:
     """Writes the corpus under `output_dir`; returns its paths and counts.
 
@@ -60,23 +63,23 @@ def generate(
     images_dir, instances, refs, captions (Paths), num_eval, num_annotations, num_refs,
     num_sentences, split_counts ({split: images}), seconds.
     `workers` only changes speed, never the bytes (None: 1 for small corpora, else up to 4).
-    `max_objects` (1..6) bounds the objects per image, e.g. 1 for a corpus that needs localising
-    but no grounding (a diagnostic: README "Status"); the default gives the same bytes as before.
+    `preset` is the scene distribution (scene.PRESETS: `refcoco`, RefCOCO-shaped, the default;
+    `hard`, the earlier generator). `max_objects` (1..6) bounds the objects per image, e.g. 1 for
+    a corpus that needs localising but no grounding (a diagnostic, RESULTS.md).
     """
     if num_train < 0 or num_eval < 0:
         raise ValueError(f"counts must be >= 0, got num_train={num_train}, num_eval={num_eval}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if not 1 <= max_objects <= scene.MAX_OBJECTS:
-        raise ValueError(f"max_objects must be in [1, {scene.MAX_OBJECTS}], got {max_objects}")
+    scene_preset = scene.Preset(preset, max_objects)  # raises ValueError on a bad value
     start = time.perf_counter()
     root = Path(output_dir)
     n_workers = workers if workers is not None else _default_workers(num_train + num_eval)
     web_dir = root / "web"
     web_dir.mkdir(parents=True, exist_ok=True)
-    shards = web.write_shards(web_dir, seed, num_train, shard_size, n_workers, max_objects)
+    shards = web.write_shards(web_dir, seed, num_train, shard_size, n_workers, scene_preset)
     _remove_stale(web_dir, "shard-*.tar", set(shards))
-    ev = eval_set.write_eval(root / "eval", seed, num_eval, n_workers, max_objects)
+    ev = eval_set.write_eval(root / "eval", seed, num_eval, n_workers, scene_preset)
     _remove_stale(
         ev["images_dir"],
         "synth_eval_*.jpg",
@@ -87,6 +90,7 @@ def generate(
         "web_dir": web_dir,
         "shards": shards,
         "num_train": num_train,
+        "preset": preset,
         **ev,
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -102,6 +106,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--shard_size", type=int, default=500, help="samples per tar shard")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: auto)")
+    parser.add_argument("--preset", default="refcoco", choices=scene.PRESETS,
+                        help="scene distribution: refcoco (RefCOCO-shaped, default) or hard")
     parser.add_argument("--max_objects", type=int, default=scene.MAX_OBJECTS,
                         help=f"objects per image, at most (1..{scene.MAX_OBJECTS}; 1: a "
                              "localisation-only diagnostic corpus)")
@@ -132,13 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         info = generate(
             args.output, args.num_train, args.num_eval, args.seed, args.shard_size, args.workers,
-            args.max_objects,
+            args.max_objects, args.preset,
         )
     except OSError as e:
         raise SystemExit(f"sample_corpus: cannot write {args.output}: {e.strerror or e}") from None
     splits = ", ".join(f"{k} {v}" for k, v in info["split_counts"].items())
     print(
-        f"sample corpus in {info['output_dir']} ({info['seconds']} s)\n"
+        f"sample corpus ({info['preset']}) in {info['output_dir']} ({info['seconds']} s)\n"
         f"  web:  {info['num_train']} images in {len(info['shards'])} shards: "
         f"{info['web_dir']}/shard-*.tar\n"
         f"  eval: {info['num_eval']} images ({splits}), {info['num_refs']} refs / "

@@ -11,7 +11,8 @@ is read in stream mode, never extracted. Dead letters: `tar_non_file_member` (di
 
 Parquet (img2dataset `output_format=parquet`): one row per sample; image bytes in `image_key`
 (default: the first of jpg/png/webp/image present), text in `text_key` (default `caption`), key in
-`key`. A `json` column holding a JSON string is parsed into the metadata (ground-truth regions).
+`key`. A `json` column holding a JSON string is parsed into the metadata (ground-truth regions);
+the columns url, width, height, caption, noun_chunks and ref_exps (GRIT) are added to it.
 
 TFRecord of `tf.train.Example` (parsed with pipelines.example_proto, no TensorFlow): image in
 `image_key` (default `image/encoded`), text in `text_key` (default `caption`), metadata JSON in
@@ -159,6 +160,11 @@ def read_webdataset(path: str, f: BinaryIO) -> Iterator[Item]:
 
 
 # ----------------------------------------------------------------------------------------- parquet
+# Columns copied into the metadata when its JSON lacks them: img2dataset's own, and the GRIT span
+# lists with the caption their offsets index (`--labeler grit`).
+_PARQUET_METADATA = ("url", "width", "height", "caption", "noun_chunks", "ref_exps")
+
+
 def read_parquet(path: str, f: BinaryIO, config: SourceConfig) -> Iterator[Item]:
     """Yields one item per row of an img2dataset parquet file, a row group at a time."""
     import pyarrow.parquet as pq  # Beam's dependency; imported here so tar-only users skip it.
@@ -201,7 +207,7 @@ def read_parquet(path: str, f: BinaryIO, config: SourceConfig) -> Iterator[Item]
                                  f"{type(text).__name__}, not text; set --text_key")
                 continue
             metadata, _ = _parse_json(values.get(json_key) if json_key else None, source)
-            for k in ("url", "width", "height"):
+            for k in _PARQUET_METADATA:
                 if k in values and k not in metadata:
                     metadata[k] = values[k]
             yield RawSample(key=key, source=source, image=bytes(image), text=text,

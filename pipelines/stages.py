@@ -168,7 +168,8 @@ class ToRecordFn(beam.DoFn):
     """PredictionResult -> (shard index, (record key, record bytes)); FILTERED / DEAD otherwise.
 
     Side outputs for the manifest: SUMMARY (box statistics), LABELER (fingerprint), PREVIEW
-    (a deterministic hash rank + record bytes, so the preview sample is the same on every run).
+    (a deterministic hash rank + record bytes, so the preview sample is the same on every run),
+    NOTE (one per candidate the labeller dropped, by reason).
     """
 
     def __init__(self, post: PostprocessConfig, *, num_shards: int, require_boxes: bool):
@@ -181,6 +182,9 @@ class ToRecordFn(beam.DoFn):
         start = time.perf_counter()
         p: Prepared = result.example
         detections, fingerprint = result.inference
+        for note in detections.notes:  # candidates the labeller dropped (bad GRIT chunks)
+            Metrics.counter(NS, f"note/{note}").inc()
+            yield beam.pvalue.TaggedOutput(NOTE, note)
         try:
             regions = select_regions(detections, p.queries, self._post)
         except ValueError as e:

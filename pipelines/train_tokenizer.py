@@ -75,11 +75,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--base_model", help="existing SentencePiece .model to extend instead")
     p.add_argument("--output", required=True, help="where to write the .model (+ .model.json)")
     p.add_argument("--vocab_size", type=int, default=32_000,
-                   help="total pieces incl. 1024 loc + 256 bytes + 5 specials")
+                   help="total pieces incl. the --num_loc location pieces + 256 bytes + 5 specials")
+    p.add_argument("--num_loc", type=int, default=tokenizer_lib.NUM_LOC,
+                   help="location bins: <loc0000>..<locN-1> (1024 for paper-scale models; the "
+                        "trainer and evaluator read it from the tokenizer)")
     p.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
     p.add_argument("--max_records", type=int, default=None, help="read at most this many records")
     p.add_argument("--character_coverage", type=float, default=0.9995)
     args = p.parse_args(argv)
+    if not 2 <= args.num_loc <= tokenizer_lib.MAX_LOC:
+        raise SystemExit(f"train_tokenizer: --num_loc must be in [2, {tokenizer_lib.MAX_LOC}], "
+                         f"got {args.num_loc}")
 
     if (args.input is None) == (args.base_model is None):
         raise SystemExit("train_tokenizer: give exactly one of --input (train) or --base_model")
@@ -89,19 +95,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         from etils import epath
 
         try:
-            model = tokenizer_lib.add_special_pieces(epath.Path(args.base_model).read_bytes())
+            model = tokenizer_lib.add_special_pieces(epath.Path(args.base_model).read_bytes(),
+                                                     num_loc=args.num_loc)
         except Exception as e:  # noqa: BLE001 - a broken model file: say so in one line.
             raise SystemExit(f"train_tokenizer: cannot extend {args.base_model}: {e}") from None
     else:
-        if args.vocab_size < tokenizer_lib.NUM_LOC + 256 + 5 + 1:
+        floor = args.num_loc + 256 + 5 + 1
+        if args.vocab_size < floor:
             raise SystemExit(
-                f"train_tokenizer: --vocab_size {args.vocab_size} is too small: 1024 location, "
-                "256 byte and 5 special pieces come first; use at least 1300"
+                f"train_tokenizer: --vocab_size {args.vocab_size} is too small: {args.num_loc} "
+                f"location, 256 byte and 5 special pieces come first; use at least {floor + 14}"
             )
         texts = read_texts(shard_paths(args.input), args.max_records)
         try:
             model = tokenizer_lib.train_model(
-                texts, args.vocab_size, model_type=args.model_type,
+                texts, args.vocab_size, model_type=args.model_type, num_loc=args.num_loc,
                 character_coverage=args.character_coverage,
             )
         except RuntimeError as e:  # SentencePiece's own message, e.g. an empty corpus.
@@ -109,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     tok = tokenizer_lib.save(model, args.output)
     print(
         f"wrote {args.output} (+ .json): vocab {tok.vocab_size}, pad {tok.pad_id}, eos {tok.eos_id},"
-        f" bos {tok.bos_id}, mask {tok.mask_id}, loc {tok.loc_start}..{tok.loc_start + 1023}"
+        f" bos {tok.bos_id}, mask {tok.mask_id}, {tok.num_loc} location bins "
+        f"{tok.loc_start}..{tok.loc_start + tok.num_loc - 1}"
     )
 
 

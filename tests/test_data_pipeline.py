@@ -213,22 +213,28 @@ def test_state_restore_resumes_at_same_element(shards, tok, num_workers):
 
 
 def test_state_round_trips_through_orbax(shards, tok, tmp_path):
-    ocp = pytest.importorskip("orbax.checkpoint")
-    import grain
-
     def make():
         return data.make_train_iter(_config(shards), tok, per_process_batch=4, seed=9,
                                     process_index=0, process_count=1)
 
+    assert _same(*orbax_round_trip(make, 2, 1, tmp_path))
+
+
+def orbax_round_trip(make, before: int, after: int, tmp_path) -> tuple[list[dict], list[dict]]:
+    """Takes `before` batches, saves the iterator with Orbax, takes `after` more; restores a fresh
+    iterator from the save: (the batches after the save, the restored iterator's batches)."""
+    import grain
+    import orbax.checkpoint as ocp
+
     it = make()
-    _take(it, 2)
+    _take(it, before)
     with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
         mngr.save(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
         mngr.wait_until_finished()
-        expected = next(it)
+        expected = _take(it, after)
         it2 = make()
         mngr.restore(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(it2)))
-    assert _same([expected], [next(it2)])
+    return expected, _take(it2, after)
 
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])

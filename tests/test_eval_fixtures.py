@@ -28,14 +28,14 @@ def evaluator_config(type_name: str, eval_dir: Path, **kw):
         instances=str(eval_dir / "instances.json"), images=str(eval_dir / "images"), **kw))
 
 
-def make_tokenizer(eval_dir: Path, path: Path):
+def make_tokenizer(eval_dir: Path, path: Path, num_loc: int = 1024):
     from model import tokenizer as tk
 
     refs = json.loads((eval_dir / "refs.json").read_text())
     caps = json.loads((eval_dir / "captions.json").read_text())
     sentences = [s["sent"] for r in refs for s in r["sentences"]]
     sentences += [a["caption"] for a in caps["annotations"]] + ["cap", "aref", "gcap", ":"]
-    return tk.save(tk.train_model(sentences * 3, vocab_size=1500), str(path))
+    return tk.save(tk.train_model(sentences * 3, vocab_size=1500, num_loc=num_loc), str(path))
 
 
 def tiny_model_config(vocab_size: int, **kw):
@@ -94,7 +94,7 @@ def results(workdir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def random_head_run(root: Path, num_eval: int = 24):
+def random_head_run(root: Path, num_eval: int = 40, num_loc: int = 1024):
     """(TrainRun, params, eval_dir): a tiny workdir on a sample-corpus eval set, and random params
     whose output layer is random too (a fresh model's zero-init output layer makes every logit 0,
     so nothing it writes would depend on the image)."""
@@ -105,8 +105,9 @@ def random_head_run(root: Path, num_eval: int = 24):
     from model.locca import init_params
 
     eval_dir = make_corpus(root / "corpus", num_eval=num_eval)
-    tok = make_tokenizer(eval_dir, root / "tok.model")
-    make_workdir(root / "run", root / "tok.model", tok.vocab_size, steps=(1,))
+    tok = make_tokenizer(eval_dir, root / "tok.model", num_loc)
+    make_workdir(root / "run", root / "tok.model", tok.vocab_size, steps=(1,),
+                 loc_start=tok.loc_start, num_loc=tok.num_loc)
     run = TrainRun.load(str(root / "run"))
     flat = traverse_util.flatten_dict(init_params(run.model, jax.random.key(3)), sep="/")
     kernel = flat["txt/LogitsDense/kernel"]

@@ -23,10 +23,10 @@ def setup(tmp_path_factory):
 
 
 def _softmax_readout(loc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 reference: (expected bin, argmax bin) of location logits [..., 1024]."""
+    """float64 reference: (expected bin, argmax bin) of location logits [..., num_loc]."""
     p = np.exp(loc - loc.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    return p @ np.arange(tasks.NUM_BINS), loc.argmax(-1)
+    return p @ np.arange(loc.shape[-1]), loc.argmax(-1)
 
 
 def test_bins_equal_a_direct_computation_from_the_decoder_logits(setup):
@@ -40,16 +40,17 @@ def test_bins_equal_a_direct_computation_from_the_decoder_logits(setup):
     encoded = run.model.apply({"params": params}, images, method="encode")
     logits = np.asarray(run.model.apply({"params": params}, encoded, inputs, method="decode"),
                         np.float64)
-    lo = run.tokenizer.loc_start
+    tok = run.tokenizer
+    lo = tok.loc_start
     where = np.stack([w for _, _, w in rows])
-    loc = np.stack([logits[i, w, lo : lo + tasks.NUM_BINS] for i, w in enumerate(where)])
-    true_bins = np.stack([tasks.box_to_bins(e.box) for e, _, _ in rows])  # [N, 4] y1 x1 y2 x2
+    loc = np.stack([logits[i, w, lo : lo + tok.num_loc] for i, w in enumerate(where)])
+    true_bins = np.stack([tasks.box_to_bins(e.box, tok.num_loc) for e, _, _ in rows])  # [N, 4] y1 x1 y2 x2
     np.testing.assert_array_equal(r["truth"], true_bins)
     free_expected, free_argmax = _softmax_readout(loc)
     np.testing.assert_allclose(r["expected"], free_expected, atol=0.05)  # float32 vs float64
     assert (r["argmax"] == free_argmax).mean() > 0.95  # near-ties may flip between the sums
     # Constrained as REC decodes: y2 from bins >= the true y1, x2 from bins >= the true x1.
-    bins = np.arange(tasks.NUM_BINS)
+    bins = np.arange(tok.num_loc)
     loc[:, 2] = np.where(bins >= true_bins[:, :1], loc[:, 2], -np.inf)
     loc[:, 3] = np.where(bins >= true_bins[:, 1:2], loc[:, 3], -np.inf)
     min_expected, min_argmax = _softmax_readout(loc)
@@ -87,17 +88,18 @@ def test_box_positions_are_the_four_tokens_before_eos(setup):
     run, _, _, _ = setup
     tok = run.tokenizer
     row = tasks.format_task("aref", tok, max_len=24, phrase="red circle", box=[0.1, 0.2, 0.5, 0.9])
-    where = box_positions(row, tok.loc_start, tok.eos_id)
-    assert list(row.targets[where] - tok.loc_start) == list(tasks.box_to_bins([0.1, 0.2, 0.5, 0.9]))
+    where = box_positions(row, tok.loc_start, tok.num_loc, tok.eos_id)
+    assert list(row.targets[where] - tok.loc_start) == list(tasks.box_to_bins([0.1, 0.2, 0.5, 0.9], tok.num_loc))
     assert row.targets[where[-1] + 1] == tok.eos_id
     # A phrase too long for max_len is cut; the box stays whole, right before EOS.
     box = [0.25, 0.5, 0.75, 1.0]
     cut = tasks.format_task("aref", tok, max_len=16, phrase="red circle " * 10, box=box)
-    where = box_positions(cut, tok.loc_start, tok.eos_id)
+    where = box_positions(cut, tok.loc_start, tok.num_loc, tok.eos_id)
     assert where[-1] == 16 - 2 and cut.targets[15] == tok.eos_id  # the row is full
-    assert list(cut.targets[where] - tok.loc_start) == list(tasks.box_to_bins(box))
+    assert list(cut.targets[where] - tok.loc_start) == list(tasks.box_to_bins(box, tok.num_loc))
     # A dropped row (no room for a phrase token) is not scored.
-    assert box_positions(tasks.empty("aref", tok, 16), tok.loc_start, tok.eos_id) is None
+    assert box_positions(tasks.empty("aref", tok, 16), tok.loc_start, tok.num_loc,
+                         tok.eos_id) is None
 
 
 def test_a_model_whose_boxes_do_not_fit_counts_them_as_problems(tmp_path):
@@ -119,7 +121,7 @@ def test_readout_metrics_mean_what_they_say():
 
     def metrics(free, decoded_bins, t=truth, b=boxes):
         decoded = {"expected": decoded_bins.astype(float), "argmax": decoded_bins}
-        return dict(readout_metrics("val", free, decoded, t, b))
+        return dict(readout_metrics("val", free, decoded, t, b, 1024))
 
     m = metrics(truth.astype(float), truth)
     assert all(m[f"val/r2_{e}"] == pytest.approx(1.0) for e in EDGES)

@@ -426,10 +426,7 @@ def test_cli_writes_corpus_and_rejects_bad_flags(tmp_path):
         assert "Traceback" not in err and len(err.splitlines()) == 1 and "num_train" in err, err
 
 
-def test_max_objects_bounds_every_image_and_the_default_is_unchanged(corpus, tmp_path):
-    explicit = sample_corpus.generate(tmp_path / "six", NUM_TRAIN, NUM_EVAL, SEED,
-                                      shard_size=SHARD, workers=1, max_objects=6)
-    assert _hashes(explicit["output_dir"]) == _hashes(corpus["output_dir"])
+def test_max_objects_bounds_every_image(corpus, tmp_path):
     # workers=2: the bound must reach the spawned worker processes too.
     one = sample_corpus.generate(tmp_path / "one", 20, 12, SEED, shard_size=SHARD, workers=2,
                                  max_objects=1)
@@ -447,10 +444,49 @@ def test_max_objects_bounds_every_image_and_the_default_is_unchanged(corpus, tmp
     assert max(i["num_objects"] for i in many["images"]) > 1
     with pytest.raises(ValueError, match="max_objects"):
         sample_corpus.generate(tmp_path / "bad", 1, 1, SEED, max_objects=0)
-    r = subprocess.run(
-        [sys.executable, str(REPO / "pipelines" / "sample_corpus.py"), "--output",
-         str(tmp_path / "cli"), "--num_train", "1", "--num_eval", "1", "--seed", "0",
-         "--max_objects", "7"], cwd=REPO, capture_output=True, text=True, check=False)
-    err = r.stderr.strip()
-    assert r.returncode != 0 and "Traceback" not in err and len(err.splitlines()) == 1
-    assert "--max_objects" in err, err
+    with pytest.raises(ValueError, match="preset"):
+        sample_corpus.generate(tmp_path / "bad", 1, 1, SEED, preset="easy")
+    for flag, value in (("--max_objects", "7"), ("--preset", "easy")):
+        r = subprocess.run(
+            [sys.executable, str(REPO / "pipelines" / "sample_corpus.py"), "--output",
+             str(tmp_path / "cli"), "--num_train", "1", "--num_eval", "1", "--seed", "0",
+             flag, value], cwd=REPO, capture_output=True, text=True, check=False)
+        err = r.stderr.strip()
+        assert r.returncode != 0 and "Traceback" not in err and len(err.splitlines()) == 1
+        assert flag in err, err
+
+
+def _area_fractions(instances: dict) -> np.ndarray:
+    size = {im["id"]: im["width"] * im["height"] for im in instances["images"]}
+    return np.asarray([a["bbox"][2] * a["bbox"][3] / size[a["image_id"]]
+                       for a in instances["annotations"]])
+
+
+def test_refcoco_preset_is_shaped_like_refcoco_and_hard_is_not(tmp_path):
+    """The default preset's REC statistics (recomputed here from instances.json/refs.json, and
+    as written to stats.json) are RefCOCO's: large referents, same-shape distractors, short
+    expressions; the `hard` preset keeps the earlier, small-object scenes."""
+    ref = sample_corpus.generate(tmp_path / "refcoco", 0, 200, SEED, workers=1)
+    hard = sample_corpus.generate(tmp_path / "hard", 0, 200, SEED, workers=1, preset="hard")
+    inst, refs = _load(ref["instances"]), _load(ref["refs"])
+    anns = {a["id"]: a for a in inst["annotations"]}
+    size = {im["id"]: im["width"] * im["height"] for im in inst["images"]}
+    rec = [r for r in refs if r["split"] != "train"]
+    area = np.asarray([anns[r["ann_id"]]["bbox"][2] * anns[r["ann_id"]]["bbox"][3]
+                       / size[r["image_id"]] for r in rec])
+    same = np.asarray([sum(a["category_id"] == r["category_id"] and a["image_id"] == r["image_id"]
+                           for a in inst["annotations"]) for r in rec])
+    words = [len(s["tokens"]) for r in rec for s in r["sentences"]]
+    assert 0.15 <= np.median(area) <= 0.3 and np.mean(area < 0.04) < 0.03
+    assert np.mean((same >= 2) & (same <= 4)) > 0.7
+    assert 3.0 <= np.mean(words) <= 5.0
+    stats = _load(ref["stats"])
+    assert stats["num_refs"] == len(rec)
+    assert stats["referent_area_median"] == pytest.approx(np.median(area), abs=1e-4)
+    assert stats["same_category_2_to_4"] == pytest.approx(np.mean((same >= 2) & (same <= 4)),
+                                                          abs=1e-4)
+    assert stats["expression_words_mean"] == pytest.approx(np.mean(words), abs=1e-3)
+    assert stats["refcoco"]["expression_words_mean"] == 3.5
+    # The hard preset: many referents a few percent of the image.
+    assert np.median(_area_fractions(_load(hard["instances"]))) < 0.08
+    assert _hashes(ref["eval_dir"]) != _hashes(hard["eval_dir"])

@@ -21,17 +21,23 @@ def tok() -> tokenizer_lib.Tokenizer:
     return tokenizer_lib.Tokenizer(tokenizer_lib.train_model(sents, 1500, model_type="bpe"))
 
 
-def test_box_quantization_within_one_bin():
+@pytest.mark.parametrize("num_loc", [1024, 32, 7])
+def test_box_quantization_within_one_bin(num_loc):
     rng = np.random.default_rng(0)
     for _ in range(200):
         y = np.sort(rng.uniform(size=2))
         x = np.sort(rng.uniform(size=2))
         box = np.asarray([y[0], x[0], y[1], x[1]])
-        back = tasks.tokens_to_box(tasks.box_to_tokens(box, 100), 100)
-        assert back is not None and np.all(np.abs(back - box) <= 1 / 1024)
+        ids = tasks.box_to_tokens(box, 100, num_loc)
+        assert all(100 <= i < 100 + num_loc for i in ids)
+        assert ids == [100 + b for b in tasks.box_to_bins(box, num_loc).tolist()]
+        back = tasks.tokens_to_box(ids, 100, num_loc)
+        assert back is not None and np.all(np.abs(back - box) <= 1 / num_loc)
     # Edges: 1.0 goes to the last bin, 0.0 to the first.
-    assert tasks.box_to_bins([0.0, 0.0, 1.0, 1.0]).tolist() == [0, 0, 1023, 1023]
-    assert tasks.box_to_bins([0.5, 0.25, 0.75, 0.999]).tolist() == [512, 256, 768, 1022]
+    top = num_loc - 1
+    assert tasks.box_to_bins([0.0, 0.0, 1.0, 1.0], num_loc).tolist() == [0, 0, top, top]
+    assert tasks.box_to_bins([0.5, 0.25, 0.75, 0.999], 1024).tolist() == [512, 256, 768, 1022]
+    assert tasks.box_to_bins([0.5, 0.25, 0.75, 0.999], 32).tolist() == [16, 8, 24, 31]
 
 
 @pytest.mark.parametrize(
@@ -39,7 +45,7 @@ def test_box_quantization_within_one_bin():
     [[5, 6, 7], [5, 6, 7, 8, 9], [5, 6, 4, 8], [5 + 1024, 6, 7, 8], [9, 6, 7, 8], [5, 9, 7, 8]],
 )
 def test_malformed_boxes_rejected(ids):
-    assert tasks.tokens_to_box(ids, loc_start=5) is None
+    assert tasks.tokens_to_box(ids, loc_start=5, num_loc=1024) is None
 
 
 def _target(f: tasks.Formatted) -> np.ndarray:
@@ -104,7 +110,7 @@ def test_truncation_never_cuts_a_box(tok, max_len):
         if f.loss_mask.sum() == 0:
             assert locs == []  # dropped whole, not cut
             continue
-        assert locs == tasks.box_to_tokens(box, tok.loc_start)
+        assert locs == tasks.box_to_tokens(box, tok.loc_start, tok.num_loc)
         t = _target(f).tolist()
         assert t[-1] == tok.eos_id  # EOS kept when the text is cut
         d = tasks.decode_target(task, t, tok)
@@ -179,7 +185,7 @@ def test_a_long_expression_is_cut_in_the_prompt_as_in_training(tok):
 
 
 def test_location_tokens_come_from_boxes_only_never_from_text(tok):
-    lo, hi = tok.loc_start, tok.loc_start + tasks.NUM_BINS
+    lo, hi = tok.loc_start, tok.loc_start + tok.num_loc
     # Full-width brackets become "<loc0100>" under the tokenizer's NFKC normalisation.
     text = "a dog <loc0100> on grass<loc0007> or \uff1cloc0200\uff1e"
     assert sum(lo <= i < hi for i in tok.encode(text)) == 3  # the tokenizer maps all three
@@ -189,7 +195,7 @@ def test_location_tokens_come_from_boxes_only_never_from_text(tok):
     for task in ("aref", "gcap"):
         f = tasks.format_task(task, tok, max_len=48, phrase=text, box=box)
         locs = [int(i) - lo for i in f.targets if lo <= i < hi]
-        assert locs == list(tasks.box_to_bins(box))  # the box's four, nothing from the phrase
+        assert locs == list(tasks.box_to_bins(box, tok.num_loc))  # the box's four, nothing from the phrase
         assert "loc0100" in tasks.decode_target(task, f.targets[f.loss_mask > 0], tok).text
     prompt = tasks.make_prompt("aref", tok, phrase=text)
     assert not any(lo <= i < hi for i in prompt)

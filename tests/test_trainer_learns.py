@@ -71,8 +71,8 @@ def _aref_boxes(tmp_path: Path, workdir: Path, c, *, constrained: bool) -> tuple
     kw = {}
     if constrained:
         kw = dict(allowed=generate.loc_constraint(tok.vocab_size, tok.loc_start,
-                                                  eos_id=tok.eos_id),
-                  box_order=(tok.loc_start, tasks.NUM_BINS))
+                                                  num_loc=tok.num_loc, eos_id=tok.eos_id),
+                  box_order=(tok.loc_start, tok.num_loc))
     out, _ = jax.jit(lambda e, p, n: generate.greedy(
         make_decode_fn(model, params), e, p, n, eos_id=tok.eos_id,
         pad_id=tok.pad_id, **kw))(encoded, prompts, plen)

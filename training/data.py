@@ -43,6 +43,7 @@ import numpy as np
 
 from model import tasks
 from pipelines import record as record_lib
+from training import mixture
 from training import preprocess as pp
 
 
@@ -77,6 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
     # loader_throughput).
     c.read_threads = 4
     c.prefetch_batches = 4  # batches each process (or worker) keeps ready or in flight
+    # Named shard sets with weights, ((name, glob, weight), ...); empty: `paths` alone.
+    # training/mixture.py (Grain's MapDataset.mix; batches gain "source" int32[B]).
+    c.mixture = ()
     return c
 
 
@@ -211,10 +215,12 @@ class BatchTransform:
     preallocated batch array, the text fields stacked per key.
     """
 
-    def __init__(self, source: Any, example: ExampleTransform, rng_seed: int):
+    def __init__(self, source: Any, example: ExampleTransform, rng_seed: int,
+                 source_offsets: np.ndarray | None = None):
         self.source = source
         self.example = example
         self.rngs = _ThreadRngs(int(rng_seed))
+        self.source_offsets = source_offsets  # a mixture's first record of each source
 
     def __call__(self, items: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
         # All reads first, then all decodes: interleaving each read (a pread per record) with
@@ -231,6 +237,8 @@ class BatchTransform:
             texts.append(out)
         batch = {k: np.stack([t[k] for t in texts]) for k in texts[0]}
         batch["image"] = images
+        if self.source_offsets is not None:
+            batch["source"] = mixture.source_of([r for _, r in items], self.source_offsets)
         return batch
 
 
@@ -269,6 +277,25 @@ def _with_index(index: int, record: int) -> tuple[int, int]:
     return index, record
 
 
+def mixture_parts(config: ml_collections.ConfigDict) -> list[mixture.Part]:
+    """config.mixture checked, globs expanded ([] without a mixture); DataError names the fix."""
+    return mixture.parts(config, expand_paths, DataError)
+
+
+def _mixture_indices(
+    config: ml_collections.ConfigDict, parts: list[mixture.Part], *, seed: int,
+    num_epochs: int | None, train: bool,
+) -> tuple[grain.sources.ArrayRecordDataSource, grain.MapDataset, int, np.ndarray]:
+    """_record_indices for a mixture: one source over every part's shards, its record indices
+    mixed by weight (training/mixture.py); also each part's first record index."""
+    source = grain.sources.ArrayRecordDataSource([p for part in parts for p in part.paths])
+    sizes = [len(grain.sources.ArrayRecordDataSource(list(part.paths))) for part in parts]
+    ds, offsets = mixture.mixed_indices(parts, sizes, seed=seed, num_epochs=num_epochs,
+                                        shuffle=bool(train and config.shuffle))
+    ds = ds.map_with_index(_with_index)
+    return source, ds, int(ds._default_seed), offsets  # noqa: SLF001 (see _record_indices)
+
+
 def make_examples(
     config: ml_collections.ConfigDict, tokenizer: Any, *, seed: int, process_index: int,
     process_count: int, num_epochs: int | None = None, train: bool = True,
@@ -299,8 +326,15 @@ def make_batches(
     RandomMap does, so the batches are identical. Grain's per-element costs (dataset wrappers,
     rng state, pytree stacking) are paid once per batch instead of once per example.
     """
-    source, ds, rng_seed = _record_indices(config, seed=seed, num_epochs=num_epochs, train=train)
-    transform = BatchTransform(source, ExampleTransform(config, tokenizer, train=train), rng_seed)
+    parts, offsets = mixture_parts(config), None
+    if parts:
+        source, ds, rng_seed, offsets = _mixture_indices(config, parts, seed=seed,
+                                                         num_epochs=num_epochs, train=train)
+    else:
+        source, ds, rng_seed = _record_indices(config, seed=seed, num_epochs=num_epochs,
+                                               train=train)
+    transform = BatchTransform(source, ExampleTransform(config, tokenizer, train=train), rng_seed,
+                               offsets)
     ds = ds[process_index::process_count]
     return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=transform)
 

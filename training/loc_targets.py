@@ -1,6 +1,6 @@
 """Soft targets for location tokens: a discretised Gaussian over neighbouring bins.
 
-A box coordinate is one of `num_loc` (1024) ordered bins, but plain cross-entropy treats bin 511
+A box coordinate is one of `num_loc` (the tokenizer's) ordered bins, but plain cross-entropy treats bin 511
 and bin 512 as unrelated classes: each bin is then learned from the few examples that hit it
 exactly (~80 per bin in the demo's 20k examples), and a near miss costs as much as a far one.
 Replacing the one-hot target of a location token by exp(-(k - bin)^2 / (2 sigma^2)) (normalised

@@ -27,7 +27,7 @@ from model.tokenizer import Tokenizer
 from model.vit_checkpoint import export_encoder
 from training import data as data_lib
 from training import metrics as metrics_lib
-from training import model_fns, sharding
+from training import mixture, model_fns, sharding
 from training import train_state as ts
 from training.checkpointing import Checkpointer
 from training.optim import make_optimizer
@@ -44,7 +44,12 @@ def check_inputs(config: ml_collections.ConfigDict) -> None:
         _fail(f"tokenizer {config.tokenizer} not found: set --config.tokenizer to a SentencePiece "
               ".model (train one with pipelines/train_tokenizer.py)")
     try:
-        data_lib.expand_paths(config.data.train_glob)
+        mixed = data_lib.mixture_parts(config.data)
+    except data_lib.DataError as e:
+        _fail(f"--config.data.mixture: {e}")
+    try:
+        if not mixed:
+            data_lib.expand_paths(config.data.train_glob)
     except data_lib.DataError:
         _fail(f"no training shards match {config.data.train_glob!r}: set "
               "--config.data.train_glob to your ArrayRecord shards (pipelines/annotate.py)")
@@ -198,6 +203,7 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
                 status = "preempted"
                 break
             host_batch = ts.numeric_batch(next(it))
+            host_batch.pop("source", None)  # a mixture's per-example source: host-side only
             if hashes is not None:
                 hashes.write(json.dumps({"step": step + 1, "crc": _crc(host_batch)}) + "\n")
                 hashes.flush()
@@ -211,7 +217,7 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
             if bar is not None:
                 bar.update(1)
             if step % config.log_every == 0 or step == total:
-                row = perf.row(jax.device_get(metrics))
+                row = perf.row(jax.device_get(metrics)) | _examples_seen(config, step)
                 writer.write(step, row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.3f}")
@@ -239,6 +245,16 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
         if bar is not None:
             bar.close()
     return status
+
+
+def _examples_seen(config: ml_collections.ConfigDict, step: int) -> dict[str, float]:
+    """A mixture's examples per source over all processes up to `step` (training/mixture.py):
+    exact after a restart, since the interleave is a fixed function of the position."""
+    spec = config.data.get("mixture") or ()
+    if not spec:
+        return {}
+    seen = mixture.examples_seen([float(w) for _, _, w in spec], step * int(config.batch_size))
+    return {f"examples_seen/{name}": float(n) for (name, _, _), n in zip(spec, seen, strict=True)}
 
 
 def _crc(batch: dict[str, np.ndarray]) -> int:

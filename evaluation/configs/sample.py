@@ -3,7 +3,8 @@
     python evaluation/run.py --workdir runs/locca_tiny \
         --config evaluation/configs/sample.py:all,data_dir=runs/corpus/eval --watch
 
-Variants (`:name[,key=value...]`, keys: data_dir, batch_size, max_per_split, transfer_steps):
+Variants (`:name[,key=value...]`, keys: data_dir, images_dir, batch_size, max_per_split,
+transfer_steps; dataset, partition, splits for `refcoco`):
   all       REC (pretrained decoder), REC transfer (frozen encoder + fresh decoder), captioning,
             grounded captioning, linear probe, image reliance, teacher-forced location readout
             (per-edge R^2 of the box tokens, evaluators/loc_readout.py).
@@ -12,16 +13,25 @@ Variants (`:name[,key=value...]`, keys: data_dir, batch_size, max_per_split, tra
             (does the decoder read the image at all? see evaluators/image_reliance.py)
   readout   loc_readout only (how well each box edge is read, given the true earlier ones)
   rec       REC only;  transfer  transfer only;  quick  everything at toy sizes (tests, smoke runs)
+  seed_check  REC and transfer as `rec_seed1` / `rec_transfer_seed1`: the demo scores its models
+            on a second eval set drawn with another seed, into the same results file
   transfer_npz  transfer from WORKDIR/encoder.npz (run once with --step; compares exported
             encoders, e.g. a plain captioner's `cap_tiny` run against LocCa's)
-  refcoco   the official layout: data_dir holds refs(unc).p + instances.json, images_dir the COCO
-            train2014 images (`--config.images_dir=...`).
+  refcoco   the official RefCOCO-family files: REC, REC transfer (trained on the train split) and
+            loc_readout on every evaluation split of `dataset` (refcoco, refcoco+, refcocog) and
+            `partition` (unc, google, umd; default unc, unc, umd), read from
+            {data_dir}/{dataset}/refs({partition}).p + {data_dir}/{dataset}/instances.json;
+            images_dir the COCO train2014 images. `splits=val+test` picks evaluation splits
+            (default: all of the partition's, evaluation/data/refcoco_variants.py), e.g.
+            `:refcoco,dataset=refcocog,partition=umd,data_dir=refer/data,images_dir=coco/train2014`.
 Paths may use {data_dir} and {workdir}; they are filled in by run.py.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from evaluation.data import refcoco_variants
 
 _SPLITS = ("val", "testA", "testB")
 
@@ -33,8 +43,8 @@ def _data(c: ml_collections.ConfigDict, refs: str = "{data_dir}/refs.json") -> d
 def _rec(c, refs="{data_dir}/refs.json", **kw):
     # Both location decodings: the paper's argmax and the expected bin (model/generate.py).
     kw.setdefault("loc_decodes", ("argmax", "expected"))
-    return ml_collections.ConfigDict(dict(type="rec", **_data(c, refs), splits=_SPLITS,
-                                          batch_size=c.batch_size,
+    kw.setdefault("splits", _SPLITS)
+    return ml_collections.ConfigDict(dict(type="rec", **_data(c, refs), batch_size=c.batch_size,
                                           max_per_split=c.max_per_split, **kw))
 
 
@@ -42,7 +52,8 @@ def _transfer(c, encoder="checkpoint", refs="{data_dir}/refs.json", **kw):
     # max_len 0: fit to the longest expression (transfer_decoder.fit_max_len).
     dec = dict(width=128, depth=2, num_heads=4, mlp_dim=512, max_len=0, steps=c.transfer_steps,
                batch_size=64, learning_rate=1e-3, warmup=30, seed=0)
-    return ml_collections.ConfigDict(dict(type="rec_transfer", **_data(c, refs), splits=_SPLITS,
+    kw.setdefault("splits", _SPLITS)
+    return ml_collections.ConfigDict(dict(type="rec_transfer", **_data(c, refs),
                                           train_split="train", encoder=encoder,
                                           batch_size=c.batch_size, decoder=dec, **kw))
 
@@ -75,10 +86,26 @@ def _probe(c):
                                           encoder="checkpoint", batch_size=c.batch_size))
 
 
-def _readout(c, refs="{data_dir}/refs.json"):
-    return ml_collections.ConfigDict(dict(type="loc_readout", **_data(c, refs), splits=_SPLITS,
+def _readout(c, refs="{data_dir}/refs.json", splits=_SPLITS):
+    return ml_collections.ConfigDict(dict(type="loc_readout", **_data(c, refs), splits=splits,
                                           max_per_split=c.max_per_split,
                                           batch_size=c.batch_size))
+
+
+def _refcoco(c) -> dict:
+    """REC, REC transfer and loc_readout on one official RefCOCO-family variant."""
+    dataset, partition = refcoco_variants.resolve(c.dataset, c.partition)
+    splits = (tuple(s for s in str(c.splits).split("+") if s) if c.splits
+              else refcoco_variants.eval_splits(dataset, partition))
+    refs = refcoco_variants.refs_path("{data_dir}", dataset, partition)
+    data = dict(refs=refs, instances=refcoco_variants.instances_path("{data_dir}", dataset),
+                images="{images_dir}")
+    rec = _rec(c, splits=splits)
+    transfer = _transfer(c, splits=splits)  # trains on refcoco_variants.TRAIN_SPLIT
+    readout = _readout(c, splits=splits)
+    for ev in (rec, transfer, readout):
+        ev.update(data)
+    return dict(rec=rec, rec_transfer=transfer, loc_readout=readout)
 
 
 def _parse(arg: str) -> tuple[str, dict]:
@@ -97,6 +124,7 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(dict(
         data_dir="", images_dir="{data_dir}/images", tokenizer="", batch_size=32,
         max_per_split=0, transfer_steps=300, poll_s=5, stale_claim_s=6 * 3600,
+        dataset="refcoco", partition="", splits="",
     ))
     if variant == "quick":
         c.update(batch_size=8, max_per_split=16, transfer_steps=60)
@@ -113,15 +141,16 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
                               gcap=_gcap(c), linear_probe=_probe(c),
                               image_reliance=_reliance(c), loc_readout=_readout(c)),
         "reliance": lambda: dict(image_reliance=_reliance(c)),
+        # The demo's check that a recipe does not fit one seed: the same REC and transfer on an
+        # eval set drawn with another seed, under their own names in the same results file.
+        "seed_check": lambda: dict(rec_seed1=_rec(c), rec_transfer_seed1=_transfer(c)),
         "rec": lambda: dict(rec=_rec(c)),
         "readout": lambda: dict(loc_readout=_readout(c)),
         "stats": lambda: dict(param_stats=ml_collections.ConfigDict(dict(type="param_stats"))),
         "transfer": lambda: dict(rec_transfer=_transfer(c, report_untrained=True)),
         "transfer_npz": lambda: dict(rec_transfer_npz=_transfer(
             c, encoder="{workdir}/encoder.npz", report_untrained=True)),
-        "refcoco": lambda: dict(rec=_rec(c, refs="{data_dir}/refs(unc).p"),
-                                rec_transfer=_transfer(c, refs="{data_dir}/refs(unc).p"),
-                                loc_readout=_readout(c, refs="{data_dir}/refs(unc).p")),
+        "refcoco": lambda: _refcoco(c),
     }
     if variant not in evals:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(evals)}")

@@ -2,7 +2,8 @@
 
 Two layouts are read:
 - official: `refs(unc).p` / `refs(umd).p` / `refs(google).p` (Python pickles, read with the
-  restricted unpickler in safe_pickle.py) next to COCO `instances.json`; images in a COCO image dir.
+  restricted unpickler in safe_pickle.py) next to COCO `instances.json`; images in a COCO image dir
+  (datasets, partitions and their split names: refcoco_variants.py).
 - JSON: the same list of ref dicts as `refs.json` (the sample corpus's `DIR/eval/`).
 A ref: {ref_id, ann_id, image_id, split, sentences: [{sent, tokens, raw}], category_id, file_name}.
 The ref's own file_name carries an annotation suffix in the official files, so the image file is
@@ -47,17 +48,38 @@ class RecData:
         return [e for e in self.examples if e.split == name]
 
 
+class RefsFileError(ValueError):
+    """A refs file that is not a RefCOCO refs list (truncated, corrupt or refused)."""
+
+
 def load_refs(path: str | epath.Path) -> list[dict]:
-    """Reads refs from a `.p` pickle (restricted) or a `.json` file."""
+    """Reads refs from a `.p` pickle (restricted) or a `.json` file.
+
+    Raises RefsFileError, one line naming the file, when it is not a refs list: a truncated or
+    corrupt file, or a pickle that asks to run code (refused by safe_pickle).
+    """
     path = epath.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"refs file not found: {path}")
-    refs = (
-        json.loads(path.read_text()) if path.suffix == ".json" else safe_pickle.safe_load(path)
-    )
-    if not isinstance(refs, list):
-        raise ValueError(f"{path}: expected a list of refs, got {type(refs).__name__}")
+    try:
+        refs = (json.loads(path.read_text()) if path.suffix == ".json"
+                else safe_pickle.safe_load(path))
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same: a bad file
+        detail = " ".join(str(e).split())[:200]
+        raise RefsFileError(f"{path} is not a RefCOCO refs file ({type(e).__name__}: {detail}); "
+                            "download it again from the official source") from None
+    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+        raise RefsFileError(f"{path}: expected a list of ref dicts, got {type(refs).__name__}")
     return refs
+
+
+def check_splits(refs: list[dict], wanted: tuple[str, ...], path: str) -> None:
+    """Every wanted split has refs in the file; else one line naming the splits it has."""
+    present = sorted({str(r.get("split")) for r in refs})
+    missing = [s for s in wanted if s not in present]
+    if missing:
+        raise ValueError(f"{path} has no split {', '.join(map(repr, missing))}; its splits are "
+                         f"{', '.join(present) or 'none'} (set splits= in the eval config)")
 
 
 def coco_box_to_normalized(
@@ -88,8 +110,10 @@ def load_rec(
     check_images: bool = True,
 ) -> RecData:
     """Joins refs with COCO instances into one RecExample per sentence (the RefCOCO protocol scores
-    every expression). splits: keep only these (None: all)."""
+    every expression). splits: keep only these (None: all); each must be in the file."""
     refs = load_refs(refs_path)
+    if splits is not None:
+        check_splits(refs, tuple(splits), str(refs_path))
     inst_path = epath.Path(instances_path)
     if not inst_path.exists():
         raise FileNotFoundError(f"instances file not found: {inst_path}")

@@ -108,7 +108,7 @@ class Evaluator:
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         tok = self.run_.tokenizer
-        loc_lo, loc_hi = tok.loc_start, tok.loc_start + tasks.NUM_BINS
+        loc_lo, loc_hi = tok.loc_start, tok.loc_start + tok.num_loc
         for task, rows in self.rows.items():
             other = self.other_paths(rows)
             if not rows or other is None:  # one image only: there is no "other" image

@@ -15,7 +15,7 @@ Yields per split:
                               true y1 would by itself give y2 and x2 an R^2 of ~0.5 (a captioner
                               never trained on boxes scores that on the demo corpus). Left out
                               when the split's true bins of that edge are all equal.
-  "{split}/mae_bins"          mean |expected - true bin| over the four edges (bins of 1/1024),
+  "{split}/mae_bins"          mean |expected - true bin| over the four edges (bins of 1/num_loc),
                               unconstrained likewise.
   "{split}/tf_acc@0.5", "{split}/tf_miou"  Acc@0.5 / mean IoU of the box made of the four argmax
                               bins, each read given the true earlier edges ("_expected": of the
@@ -50,7 +50,8 @@ from model import tasks
 EDGES = ("y1", "x1", "y2", "x2")  # the order of a box's location tokens (model/tasks.py)
 
 
-def box_positions(formatted: tasks.Formatted, loc_start: int, eos_id: int) -> np.ndarray | None:
+def box_positions(formatted: tasks.Formatted, loc_start: int, num_loc: int,
+                  eos_id: int) -> np.ndarray | None:
     """int[4]: the target positions of the box's four location tokens in an `aref` row (the four
     before EOS), or None for a dropped row (format_task never cuts a box: it cuts the phrase, or
     drops the row when not even one phrase token fits)."""
@@ -59,14 +60,14 @@ def box_positions(formatted: tasks.Formatted, loc_start: int, eos_id: int) -> np
         return None
     where = np.arange(scored[-1] - 4, scored[-1])
     ids = formatted.targets[where]
-    if np.any(ids < loc_start) or np.any(ids >= loc_start + tasks.NUM_BINS):
+    if np.any(ids < loc_start) or np.any(ids >= loc_start + num_loc):
         return None
     return where
 
 
 def readout_metrics(split: str, free: np.ndarray, decoded: dict[str, np.ndarray],
-                    truth: np.ndarray,
-                    true_boxes: Sequence[Sequence[float]]) -> list[tuple[str, float]]:
+                    truth: np.ndarray, true_boxes: Sequence[Sequence[float]],
+                    num_loc: int) -> list[tuple[str, float]]:
     """free float[N, 4]: the unconstrained expected bins; decoded: {"expected": float[N, 4],
     "argmax": int[N, 4]} as decoding reads them; truth int[N, 4] bins (y1 x1 y2 x2); true_boxes
     float[N, 4] normalized -> the metrics described at the top of this module."""
@@ -81,7 +82,7 @@ def readout_metrics(split: str, free: np.ndarray, decoded: dict[str, np.ndarray]
     out.append((f"{split}/mae_bins", float(np.mean(np.abs(free - truth)))))
     for suffix, bins in (("", np.asarray(decoded["argmax"], np.float64)),
                          ("_expected", np.rint(np.asarray(decoded["expected"], np.float64)))):
-        boxes = (bins.reshape(-1, 4) + 0.5) / tasks.NUM_BINS  # tasks.tokens_to_box's bin centre
+        boxes = (bins.reshape(-1, 4) + 0.5) / num_loc  # tasks.tokens_to_box's bin centre
         s = rec_scores(list(boxes), list(true_boxes))
         out += [(f"{split}/tf_acc@0.5{suffix}", s["acc"]), (f"{split}/tf_miou{suffix}", s["miou"])]
     out.append((f"{split}/count", float(len(truth))))
@@ -103,7 +104,7 @@ class Evaluator:
             rows = []
             for e in data.split(split)[: limit or None]:
                 row = tasks.format_task("aref", tok, max_len=max_len, phrase=e.sentence, box=e.box)
-                where = box_positions(row, tok.loc_start, tok.eos_id)
+                where = box_positions(row, tok.loc_start, tok.num_loc, tok.eos_id)
                 if where is None:
                     self.problems["loc_readout_too_long"] += 1
                 else:
@@ -135,7 +136,8 @@ class Evaluator:
                 first = np.take_along_axis(inputs, where[:, 1:3], axis=1) - loc_start
                 np.put_along_axis(min_bin, where[:, 2:4], first, axis=1)
             got = self.predictor.loc_readout(params, gathered, inputs, loc_start=loc_start,
-                                             num_loc=tasks.NUM_BINS, min_bin=min_bin)
+                                             num_loc=self.run_.tokenizer.num_loc,
+                                             min_bin=min_bin)
             for k in keys:
                 out[k][sel] = np.take_along_axis(got[k], where, axis=1)
         out["truth"] = np.stack([row.targets[where] for _, row, where in rows]) - loc_start
@@ -146,5 +148,5 @@ class Evaluator:
             r = self.readout(ctx.params, rows)
             decoded = {"expected": r["expected_min"], "argmax": r["argmax_min"]}
             yield from readout_metrics(split, r["expected"], decoded, r["truth"],
-                                       [e.box for e, _, _ in rows])
+                                       [e.box for e, _, _ in rows], self.run_.tokenizer.num_loc)
         yield from base.problems_metrics(self.problems)

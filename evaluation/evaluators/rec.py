@@ -23,23 +23,21 @@ sentence, predicted and true boxes, IoU) for galleries and error analysis.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
-from etils import epath
 
 from evaluation.checkpoint import TrainRun
-from evaluation.data.refcoco import load_rec
+from evaluation.data.refcoco import load_rec, load_refs
 from evaluation.evaluators import base
 from evaluation.evaluators.rec_common import (
     box_decoding,
     box_generate,
     predict_boxes,
     split_metrics,
+    write_predictions,
 )
-from evaluation.metrics import box_iou
 
 # How location tokens are chosen: the argmax (the paper) or the expected bin (model/generate.py).
 LOC_DECODES = ("argmax", "expected")
@@ -50,10 +48,12 @@ def _prior_box(config: ml_collections.ConfigDict, split: str) -> np.ndarray | No
     of the referred objects of `split` (each object once), answered for every expression.
 
     Loaded on its own (no image files needed, its problems not counted with the scored splits').
-    None when the split is off ("") or has no refs.
+    None when the split is off ("") or the file has no refs in it.
     """
     if not split:
         return None
+    if split not in {r.get("split") for r in load_refs(config.refs)}:
+        return None  # e.g. a refs file of eval splits only: no floor rather than no evaluation
     prior = load_rec(config.refs, config.instances, config.images, splits=(split,),
                      check_images=False)
     boxes = {e.ref_id: e.box for e in prior.examples}
@@ -118,28 +118,5 @@ class Evaluator:
     def _write_predictions(
         self, step: int, split: str, examples: Sequence, preds: Sequence[np.ndarray | None]
     ) -> None:
-        out_dir = epath.Path(self.run_.workdir) / "eval" / "predictions"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # One vectorized IoU for the split; malformed predictions (None) get no IoU.
-        stacked = np.array([[0.0] * 4 if p is None else list(p) for p in preds]).reshape(-1, 4)
-        ious = box_iou(stacked, np.array([ex.box for ex in examples]).reshape(-1, 4))
-        lines = []
-        for ex, pred, iou in zip(examples, preds, ious, strict=True):
-            lines.append(
-                json.dumps(
-                    {
-                        "ref_id": ex.ref_id,
-                        "image_id": ex.image_id,
-                        "file_name": epath.Path(ex.image_path).name,
-                        "sentence": ex.sentence,
-                        "pred_box": None if pred is None else [float(v) for v in pred],
-                        "gt_box": [float(v) for v in ex.box],
-                        "iou": None if pred is None else float(iou),
-                    }
-                )
-            )
-        tmp = out_dir / f".rec_{split}_step{step}.jsonl.tmp"
-        tmp.write_text("\n".join(lines) + "\n")
-        # replace, not rename: scoring a step again (--step N twice, a restart after this file
-        # was written but before the results were) overwrites the earlier predictions.
-        tmp.replace(out_dir / f"rec_{split}_step{step}.jsonl")
+        write_predictions(self.run_.workdir, f"{self.config.get('name', 'rec')}_{split}", step,
+                          examples, preds)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from evaluation.bootstrap import image_bootstrap
 from evaluation.data.refcoco import RecExample
 from evaluation.evaluators.base import encoded_rows
-from evaluation.metrics import rec_scores
+from evaluation.metrics import box_iou, rec_scores
 from evaluation.predict import box_constraint
 from model import tasks
-from model.tasks import NUM_BINS as NUM_LOC
 
 # (encoded float[B, N, D], prompts) -> one answer per row: its generated ids (or (ids, score))
 GenerateFn = Callable[[np.ndarray, list[list[int]]], Sequence[Any]]
@@ -25,16 +26,15 @@ def box_decoding(tokenizer, constrained: bool = True) -> dict[str, Any]:
     `constrained`, four location tokens then EOS, with y2 >= y1 and x2 >= x1."""
     if not constrained:
         return dict(allowed=None, box_order=None)
-    return dict(allowed=box_constraint(tokenizer.vocab_size, tokenizer.loc_start,
-                                       tokenizer.eos_id),
-                box_order=(tokenizer.loc_start, NUM_LOC))
+    return dict(allowed=box_constraint(tokenizer),
+                box_order=(tokenizer.loc_start, tokenizer.num_loc))
 
 
 def box_generate(predictor, params, tokenizer, decoding: dict[str, Any], *, beam_size: int = 1,
                  mode: str = "argmax", scored: bool = False) -> GenerateFn:
     """The REC evaluator's `aref` answer generator (mode "argmax" or "expected": how location
     tokens are chosen, model/generate.py); `scored` answers (ids, sum of log-probs)."""
-    expected = (tokenizer.loc_start, NUM_LOC) if mode == "expected" else None
+    expected = (tokenizer.loc_start, tokenizer.num_loc) if mode == "expected" else None
     fn = predictor.generate_scored if scored else predictor.generate
     return lambda encoded, prompts: fn(params, encoded, prompts, beam_size=beam_size,
                                        expected_loc=expected, **decoding)
@@ -71,9 +71,53 @@ def predict_boxes(examples: Sequence[RecExample], encode: EncodeFn,
     return [[tasks.decode_target("aref", ids, tokenizer).box for ids in out] for out in answers]
 
 
+def ious(examples: Sequence[RecExample], preds: Sequence[np.ndarray | None]) -> np.ndarray:
+    """float[N] IoU of each prediction with its true box; NaN for a malformed (None) one."""
+    stacked = np.array([[0.0] * 4 if p is None else list(p) for p in preds]).reshape(-1, 4)
+    iou = box_iou(stacked, np.array([ex.box for ex in examples]).reshape(-1, 4))
+    return np.where([p is None for p in preds], np.nan, iou)
+
+
+def hits(examples: Sequence[RecExample], preds: Sequence[np.ndarray | None]) -> np.ndarray:
+    """float[N]: 1 where IoU >= 0.5 (with rec_scores' rounding tolerance), else 0."""
+    iou = ious(examples, preds)
+    return (np.nan_to_num(iou, nan=0.0) >= 0.5 - 1e-9).astype(np.float64)
+
+
 def split_metrics(split: str, examples: Sequence[RecExample],
                   preds: Sequence[np.ndarray | None]) -> list[tuple[str, float]]:
+    """Acc@0.5 with its 95% image-bootstrap interval (`acc@0.5_lo`/`_hi`), mIoU, malformed,
+    pointing and the expression count of one split."""
     s = rec_scores(preds, [e.box for e in examples])
-    return [(f"{split}/acc@0.5", s["acc"]), (f"{split}/miou", s["miou"]),
+    lo, hi = image_bootstrap(hits(examples, preds), [e.image_id for e in examples])
+    return [(f"{split}/acc@0.5", s["acc"]), (f"{split}/acc@0.5_lo", lo),
+            (f"{split}/acc@0.5_hi", hi), (f"{split}/miou", s["miou"]),
             (f"{split}/malformed", s["malformed"]), (f"{split}/pointing", s["pointing"]),
             (f"{split}/count", s["count"])]
+
+
+def prediction_rows(examples: Sequence[RecExample],
+                    preds: Sequence[np.ndarray | None]) -> list[dict]:
+    """One JSON-able row per expression: ids, sentence, predicted and true box, IoU (None for a
+    malformed prediction). What `eval/predictions/*.jsonl` holds, and what the paired bootstrap
+    of two runs' hits reads back."""
+    return [{"ref_id": ex.ref_id, "image_id": ex.image_id,
+             "file_name": ex.image_path.rsplit("/", 1)[-1], "sentence": ex.sentence,
+             "pred_box": None if pred is None else [float(v) for v in pred],
+             "gt_box": [float(v) for v in ex.box], "iou": None if pred is None else float(iou)}
+            for ex, pred, iou in zip(examples, preds, ious(examples, preds), strict=True)]
+
+
+def write_predictions(workdir: str, name: str, step: int, examples: Sequence[RecExample],
+                      preds: Sequence[np.ndarray | None]) -> None:
+    """WORKDIR/eval/predictions/{name}_step{step}.jsonl: prediction_rows, one per line."""
+    from etils import epath
+
+    out_dir = epath.Path(workdir) / "eval" / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(row) for row in prediction_rows(examples, preds)]
+    tmp = out_dir / f".{name}_step{step}.jsonl.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    # replace, not rename: scoring a step again (--step N twice, a restart after this file was
+    # written but before the results were) overwrites the earlier predictions.
+    tmp.replace(out_dir / f"{name}_step{step}.jsonl")

@@ -24,7 +24,7 @@ from evaluation.checkpoint import TrainRun
 from evaluation.data.refcoco import load_rec
 from evaluation.evaluators import base
 from evaluation.evaluators.features import features
-from evaluation.evaluators.rec_common import predict_boxes, split_metrics
+from evaluation.evaluators.rec_common import predict_boxes, split_metrics, write_predictions
 from evaluation.metrics import rec_scores
 
 
@@ -93,4 +93,7 @@ class Evaluator:
             examples, preds = self._scores(params, ctx, split)
             if examples:
                 yield from split_metrics(split, examples, preds)
+                # Per expression, so two runs' transfer can be compared with a paired bootstrap.
+                write_predictions(self.run_.workdir, f"{self.config.get('name', 'rec_transfer')}"
+                                  f"_{split}", ctx.step, examples, preds)
         yield from base.problems_metrics(self.data.problems)

@@ -4,6 +4,7 @@
   eval/instances.json          COCO instances (+ per-image scene labels, + per-box colour/size)
   eval/refs.json               the fields of the official refs(unc).p, as JSON (no pickle)
   eval/captions.json           COCO captions, 2-3 clean captions per image
+  eval/stats.json              the REC splits' statistics beside RefCOCO's (corpus/stats.py)
 
 Images come from the "eval" seed stream, never the training one. Every image belongs to exactly one
 split by its index (6 of every 10 to `train`, for the frozen-encoder transfer evaluator, then
@@ -18,9 +19,9 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from pipelines.corpus import annotations, captions, parallel, refexp, vocab, writers
+from pipelines.corpus import annotations, captions, parallel, refexp, stats, vocab, writers
 from pipelines.corpus.render import render_sample
-from pipelines.corpus.scene import MAX_OBJECTS, TEXT, sample_rng
+from pipelines.corpus.scene import TEXT, Preset, sample_rng
 
 SPLIT_CYCLE = ("train",) * 6 + ("val", "val", "testA", "testB")
 SPLITS = ("train", "val", "testA", "testB")
@@ -37,9 +38,9 @@ def file_name(index: int) -> str:
     return f"synth_eval_{index:06d}.jpg"
 
 
-def make_item(seed: int, index: int, max_objects: int = MAX_OBJECTS) -> dict[str, Any]:
+def make_item(seed: int, index: int, preset: Preset = Preset()) -> dict[str, Any]:
     """Everything about eval image `index` except the corpus-wide ids (assigned in order later)."""
-    scene = render_sample(seed, "eval", index, max_objects)
+    scene = render_sample(seed, "eval", index, preset)
     rng = sample_rng(seed, "eval", index, TEXT)
     w, h = scene.spec.width, scene.spec.height
     objects = []
@@ -76,14 +77,14 @@ def _raw(sent: str, index: int) -> str:
 
 
 def write_eval(out_dir: Path, seed: int, count: int, workers: int = 1,
-               max_objects: int = MAX_OBJECTS) -> dict[str, Any]:
+               preset: Preset = Preset()) -> dict[str, Any]:
     """Writes the eval directory; returns its paths and counts."""
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     images, anns, refs, caps = [], [], [], []
     split_counts = dict.fromkeys(SPLITS, 0)
     num_sentences = 0
-    items = parallel.ordered_map(functools.partial(make_item, max_objects=max_objects), seed,
+    items = parallel.ordered_map(functools.partial(make_item, preset=preset), seed,
                                  count, workers)
     for index, item in enumerate(items):
         image_id = index + 1
@@ -128,6 +129,7 @@ def write_eval(out_dir: Path, seed: int, count: int, workers: int = 1,
         "instances": out_dir / "instances.json",
         "refs": out_dir / "refs.json",
         "captions": out_dir / "captions.json",
+        "stats": out_dir / "stats.json",
     }
     writers.write_json(
         paths["instances"],
@@ -140,6 +142,7 @@ def write_eval(out_dir: Path, seed: int, count: int, workers: int = 1,
         },
     )
     writers.write_json(paths["refs"], refs)
+    writers.write_json(paths["stats"], stats.eval_stats(images, anns, refs))
     writers.write_json(
         paths["captions"],
         {

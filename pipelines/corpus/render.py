@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw
 from pipelines.corpus import shapes, vocab
 from pipelines.corpus.scene import (
     LAYOUT,
-    MAX_OBJECTS,
     PIXELS,
     ObjectSpec,
+    Preset,
     SceneSpec,
     sample_rng,
     sample_scene,
@@ -195,7 +195,7 @@ def render(spec: SceneSpec, rng: np.random.Generator) -> RenderedScene:
 
 
 def render_sample(seed: int, stream: str, index: int,
-                  max_objects: int = MAX_OBJECTS) -> RenderedScene:
-    """The image of sample `index` of `stream`; depends on nothing but these numbers."""
-    spec = sample_scene(sample_rng(seed, stream, index, LAYOUT), max_objects)
+                  preset: Preset = Preset()) -> RenderedScene:
+    """The image of sample `index` of `stream`; depends on nothing but these arguments."""
+    spec = sample_scene(sample_rng(seed, stream, index, LAYOUT), preset)
     return render(spec, sample_rng(seed, stream, index, PIXELS))

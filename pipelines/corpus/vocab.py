@@ -64,6 +64,13 @@ SIZES: dict[str, tuple[float, float]] = {
     "medium": (0.12, 0.16),
     "large": (0.20, 0.26),
 }
+# The refcoco preset's size classes (same meaning): larger, as RefCOCO's referents are, with gaps
+# kept so that a size word still tells twins apart at a glance.
+REFCOCO_SIZES: dict[str, tuple[float, float]] = {
+    "small": (0.2, 0.23),
+    "medium": (0.28, 0.32),
+    "large": (0.37, 0.43),
+}
 SIZE_SYNONYMS: dict[str, tuple[str, ...]] = {
     "small": ("small", "little", "tiny"),
     "medium": ("medium", "medium-sized"),

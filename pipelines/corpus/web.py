@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelines.corpus import alt_text, annotations, parallel, writers
 from pipelines.corpus.render import render_sample
-from pipelines.corpus.scene import MAX_OBJECTS, REFEXP, TEXT, sample_rng
+from pipelines.corpus.scene import REFEXP, TEXT, Preset, sample_rng
 
 URL_PREFIX = "https://synthetic.invalid/locca-sample"
 
@@ -23,9 +23,9 @@ def sample_key(index: int) -> str:
 
 
 def make_sample(seed: int, index: int,
-                max_objects: int = MAX_OBJECTS) -> tuple[str, bytes, bytes, bytes]:
+                preset: Preset = Preset()) -> tuple[str, bytes, bytes, bytes]:
     """(key, jpeg, txt, json) of training sample `index`."""
-    scene = render_sample(seed, "web", index, max_objects)
+    scene = render_sample(seed, "web", index, preset)
     key = sample_key(index)
     alt = alt_text.alt_text(
         scene, sample_rng(seed, "web", index, TEXT), sample_rng(seed, "web", index, REFEXP)
@@ -53,7 +53,7 @@ def make_sample(seed: int, index: int,
 
 def write_shards(
     out_dir: Path, seed: int, count: int, shard_size: int, workers: int = 1,
-    max_objects: int = MAX_OBJECTS,
+    preset: Preset = Preset(),
 ) -> list[Path]:
     """Writes `count` samples to `out_dir/shard-%05d.tar`; returns the shard paths in order."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def write_shards(
         members.clear()
 
     for n, (key, jpg, txt, meta) in enumerate(
-        parallel.ordered_map(functools.partial(make_sample, max_objects=max_objects), seed, count,
+        parallel.ordered_map(functools.partial(make_sample, preset=preset), seed, count,
                              workers),
         start=1,
     ):

@@ -1,6 +1,6 @@
 """The labeller interface: image + text queries -> candidate boxes with per-query scores.
 
-Every labeller (`owlvit`, `reference`) returns raw candidates; thresholding, NMS, the per-image cap
+Every labeller (`owlvit`, `reference`, `grit`) returns raw candidates; thresholding, NMS, the per-image cap
 and phrase assignment happen once, in `pipelines.postprocess`, so both labellers share that logic.
 """
 
@@ -21,12 +21,14 @@ class LabelerInput:
       image: uint8[H, W, 3] RGB pixels of the stored image.
       queries: the image's text queries (n-grams of its alt-text, maybe plus categories).
       metadata: the sample's JSON metadata (the `reference` labeller reads ground truth from it).
+      caption: the alt-text as stored (whitespace stripped, maybe cut at max_caption_chars).
     """
 
     key: str
     image: np.ndarray
     queries: list[str]
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    caption: str = ""
 
 
 @dataclasses.dataclass
@@ -37,11 +39,16 @@ class Detections:
       boxes: float32[P, 4] normalized [ymin, xmin, ymax, xmax] of the original (unpadded) image.
       scores: float32[P, Q] score in [0, 1] of every box for every query (Q = len(queries)).
       objectness: float32[P] or None (OWL-ViT v2 only).
+      phrases: None, or the Q phrases the score columns stand for when the labeller brings its own
+        (`grit`: spans of the caption) instead of scoring the image's queries.
+      notes: one reason per input candidate the labeller dropped (counted in the manifest's notes).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     objectness: np.ndarray | None = None
+    phrases: tuple[str, ...] | None = None
+    notes: tuple[str, ...] = ()
 
 
 class Labeler(abc.ABC):

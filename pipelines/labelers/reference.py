@@ -11,6 +11,9 @@ them as `metadata["regions"] = [{"bbox": [ymin, xmin, ymax, xmax] (normalized), 
 
 Normalization: lowercase, punctuation stripped from word edges, whitespace collapsed, the same
 cleaning the query builder applies, so a name that appears in the alt-text always matches exactly.
+Both sides are then compared in canonical form (`inflect.canonical`: number words dropped, each
+word singularised by documented rules), so "giraffes" and "two giraffes" match a region named
+"giraffe" exactly; the word count in the exact score is that of the canonical query.
 The shared post-processing (threshold, NMS, cap) then runs exactly as for OWL-ViT.
 """
 
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.labelers.base import Detections, Labeler, LabelerInput
+from pipelines.labelers.inflect import canonical
 from pipelines.queries import _PUNCT
 
 EXACT = 0.9
@@ -35,10 +39,11 @@ def normalize(text: str) -> str:
 
 
 def region_names(region: dict[str, Any]) -> list[str]:
+    """A region's phrase and names, normalized and in canonical form, without duplicates."""
     names = [region.get("phrase", "")] + list(region.get("names", []) or [])
     out = []
     for n in names:
-        n = normalize(n)
+        n = canonical(normalize(n))
         if n and n not in out:
             out.append(n)
     return out
@@ -62,7 +67,7 @@ def parse_regions(metadata: dict[str, Any]) -> tuple[np.ndarray, list[list[str]]
 def score_matrix(names: list[list[str]], queries: list[str]) -> np.ndarray:
     """Per-region names, Q queries -> float32[R, Q] scores (see the module docstring)."""
     scores = np.zeros((len(names), len(queries)), np.float32)
-    qnorm = [normalize(q) for q in queries]
+    qnorm = [canonical(normalize(q)) for q in queries]
     qwords = [set(q.split()) for q in qnorm]
     for r, region in enumerate(names):
         name_words = [set(n.split()) for n in region]
@@ -86,7 +91,7 @@ class ReferenceLabeler(Labeler):
 
     @property
     def fingerprint(self) -> str:
-        rule = json.dumps({"exact": EXACT, "partial": PARTIAL, "version": 1}, sort_keys=True)
+        rule = json.dumps({"exact": EXACT, "partial": PARTIAL, "version": 2}, sort_keys=True)
         return f"reference@{hashlib.sha256(rule.encode()).hexdigest()[:12]}"
 
     def detect(self, batch: list[LabelerInput]) -> list[Detections]:

@@ -51,7 +51,7 @@ def _base() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.task_weights = ml_collections.ConfigDict(dict(cap=1.0, aref=1.0, gcap=1.0))
     c.loss.label_smoothing = 0.0
-    # Gaussian soft targets on location tokens (sigma in bins of 1/1024; 0 = one-hot, the paper).
+    # Gaussian soft targets on location tokens (sigma in bins of the tokenizer's num_loc; 0 = one-hot, the paper).
     # Neighbouring bins then share the signal (training/loc_targets.py).
     c.loss.loc_sigma = 0.0
     # Anneal that width from loc_sigma_start (0 = no annealing) down to loc_sigma over

@@ -1,0 +1,1 @@
+"""Converters: local grounded datasets (COCO, Visual Genome) -> webdataset tars in img2dataset's layout."""
