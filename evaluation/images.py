@@ -18,15 +18,20 @@ from PIL import Image
 def load_image(path: str, size: int, fast: bool = True) -> np.ndarray:
     """File (local or cloud) -> uint8[size, size, 3]."""
     img = Image.open(io.BytesIO(epath.Path(path).read_bytes()))
-    img = img.convert("RGB")
-    if img.size == (size, size):
-        return np.asarray(img)
+    return resize_square(np.asarray(img.convert("RGB")), size, fast)
+
+
+def resize_square(pixels: np.ndarray, size: int, fast: bool = True) -> np.ndarray:
+    """uint8[h, w, 3] RGB -> uint8[size, size, 3], squashed as the loader does."""
+    h, w = pixels.shape[:2]
+    if (h, w) == (size, size):
+        return pixels
     if not fast:
+        img = Image.fromarray(pixels, "RGB")
         return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
     import cv2
 
-    pixels = np.ascontiguousarray(np.asarray(img))
-    h, w = pixels.shape[:2]
+    pixels = np.ascontiguousarray(pixels)
     interp = cv2.INTER_AREA if h > 2 * size or w > 2 * size else cv2.INTER_LINEAR
     return cv2.resize(pixels, (size, size), interpolation=interp)
 

@@ -106,17 +106,29 @@ class Predictor:
                  expected_loc: tuple[int, int] | None = None) -> list[list[int]]:
         """encoded float[B, N, D] with one prompt per row -> the generated ids per row (after the
         prompt, up to but excluding EOS). box_order, expected_loc: see model/generate.py."""
+        return [ids for ids, _ in self.generate_scored(
+            params, encoded, prompts, allowed=allowed, beam_size=beam_size, box_order=box_order,
+            expected_loc=expected_loc)]
+
+    def generate_scored(self, params: Any, encoded: np.ndarray,
+                        prompts: Sequence[Sequence[int]], *, allowed: np.ndarray | None = None,
+                        beam_size: int = 1, box_order: tuple[int, int] | None = None,
+                        expected_loc: tuple[int, int] | None = None
+                        ) -> list[tuple[list[int], float]]:
+        """As generate, with each row's score: the sum of its generated tokens' log-probs (EOS
+        included) under the model's full softmax, as model/generate.py reports it."""
         buf, lens = prompts_array(prompts, self.max_len, self.pad_id)
         allowed_j = None if allowed is None else jnp.asarray(allowed)
-        out: list[list[int]] = []
+        out: list[tuple[list[int], float]] = []
         for i in range(0, len(buf), self.batch_size):
             n = len(buf[i : i + self.batch_size])
             args = [pad_batch(a[i : i + self.batch_size], self.batch_size)
                     for a in (encoded, buf, lens)]
-            tokens, _ = self._generate(params, *map(jnp.asarray, args), allowed_j,
-                                       beam_size=beam_size, box_order=box_order,
-                                       expected_loc=expected_loc)
-            out += generate.generated(np.asarray(tokens)[:n], lens[i : i + n], self.eos_id)
+            tokens, scores = self._generate(params, *map(jnp.asarray, args), allowed_j,
+                                            beam_size=beam_size, box_order=box_order,
+                                            expected_loc=expected_loc)
+            ids = generate.generated(np.asarray(tokens)[:n], lens[i : i + n], self.eos_id)
+            out += zip(ids, np.asarray(scores)[:n].tolist(), strict=True)
         return out
 
     def token_nll(self, params: Any, encoded: np.ndarray, inputs: np.ndarray,

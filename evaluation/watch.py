@@ -37,6 +37,17 @@ def finalized_steps(workdir: str) -> list[int]:
     return sorted(m.step for m in fmt.find_all(ckpt))
 
 
+def resolve_step(workdir: str, step: int | None = None) -> int:
+    """`step` when its checkpoint is complete, else (None) the latest complete one; ValueError
+    naming the steps there are."""
+    steps = finalized_steps(workdir)
+    if not steps or (step is not None and step not in steps):
+        want = "complete checkpoint" + ("" if step is None else f" {step}")
+        raise ValueError(f"{checkpoint_dir(workdir)} has no {want} (complete: {steps}): train "
+                         "first or pick one of those with --step")
+    return steps[-1] if step is None else step
+
+
 def step_path(workdir: str, step: int) -> epath.Path:
     return checkpoint_dir(workdir) / str(step)
 

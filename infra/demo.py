@@ -271,15 +271,35 @@ def stages() -> list[Stage]:
                 deps=(f"eval_{name}", "corpus_seed1"),
             )
         )
+    out += use_stages(corpus)
     out.append(
         Stage(
             "report",
             [PY, "infra/demo_report.py", "--run_dir", _rel(RUN_DIR), "--profile", PROFILE.name],
             f"write {_rel(RUN_DIR)}/report.html and report.json",
-            deps=("eval_locca", "eval_cap", "eval_seed1_locca", "eval_seed1_cap"),
+            deps=("eval_locca", "eval_cap", "eval_seed1_locca", "eval_seed1_cap", "export",
+                  "predict"),
         )
     )
     return out
+
+
+def use_stages(corpus: Path) -> list[Stage]:
+    """What a user does with the trained LocCa: export its encoder with model cards (after its
+    evaluation, so the cards carry the results) and run predict on a few held-out images."""
+    locca, export_dir, predict_dir = RUN_DIR / "locca", RUN_DIR / "export", RUN_DIR / "predict"
+    return [
+        Stage("export", [PY, "evaluation/export.py", f"--workdir={_rel(locca)}",
+                         f"--output={_rel(export_dir)}"],
+              "export LocCa's encoder (big_vision .npz, transformers) with model cards",
+              deps=("eval_locca",), outputs=(export_dir,)),
+        Stage("predict", [PY, "evaluation/predict_cli.py", f"--workdir={_rel(locca)}",
+                          "--task=caption",
+                          f"--images={_rel(corpus)}/eval/images/synth_eval_00000[0-7].jpg",
+                          f"--output={_rel(predict_dir)}"],
+              "caption a few held-out images with LocCa (the predict command)",
+              deps=("train_locca",), outputs=(predict_dir,)),
+    ]
 
 
 def plan(stage: Stage, *, fresh: bool, redone: set[str]) -> str:

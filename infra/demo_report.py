@@ -298,6 +298,25 @@ def rec_gallery(run_dir: Path, max_items: int = 12) -> str | None:
     )
 
 
+def use_section(run_dir: Path, max_items: int = 8) -> str:
+    """Links to the exported encoder's model cards and the predict page, with its drawn images."""
+    links = []
+    for rel in ("export/transformers/README.md", "export/big_vision/README.md",
+                "predict/index.html"):
+        found = (run_dir / rel).exists()
+        links.append(f'<a href="{rel}">{rel}</a>' if found else f"{rel} (missing)")
+    texts: dict[str, list[str]] = {}  # image stem -> its predicted texts
+    for row in _read_jsonl(run_dir / "predict" / "predictions.jsonl"):
+        texts.setdefault(Path(row["image"]).stem, []).append(row.get("text") or "")
+    cells = [  # predict's PNGs are named <index>_<image stem>.png
+        f'<figure><img src="predict/images/{html.escape(p.name)}" width="256"><figcaption>'
+        f'{html.escape(" / ".join(texts.get(p.stem.split("_", 1)[-1], [])))}</figcaption></figure>'
+        for p in sorted((run_dir / "predict" / "images").glob("*.png"))[:max_items]
+    ]
+    return ("<p>Model cards and the predict page: " + " | ".join(links) + "</p>"
+            + ("".join(cells) or "<p>no predict images found</p>"))
+
+
 def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
 
@@ -500,6 +519,7 @@ The Acc@0.5 row reads y2 and x2 as constrained decoding does (at or past the tru
 <h2>REC predictions (LocCa, held-out images)</h2>{gallery or "<p>no REC predictions found</p>"}
 <h2>Annotate stage</h2><p>counts: <code>{html.escape(json.dumps(manifest.get("counts", {})))}</code>;
 preview: <a href="shards/preview.html">{"shards/preview.html" if preview.exists() else "missing"}</a></p>
+<h2>Use what you trained: exported encoder and predict</h2>{use_section(run_dir)}
 <h2>Commands to reproduce each step</h2><table><tr><th>stage</th><th>command</th><th>s</th></tr>
 {cmd_rows}</table>"""
     (run_dir / "report.html").write_text(page)

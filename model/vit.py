@@ -24,6 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 POOL_TYPES = ("none", "map", "gap", "tok")
+# big_vision's (and Flax's default) layer-norm epsilon and GELU variant (tanh approximation);
+# named so exports to other frameworks (model/hf_siglip.py) state the same math.
+LN_EPSILON = 1e-6
+GELU_APPROXIMATE = True
 POSEMB_TYPES = ("learn", "sincos2d")
 
 # Reference: Table 2 of arXiv:2106.04560 (the same table big_vision's decode_variant uses).
@@ -80,7 +84,7 @@ class MlpBlock(nn.Module):
         d = x.shape[-1]
         x = nn.Dense(self.mlp_dim or 4 * d, dtype=self.dtype, use_bias=self.use_bias,
                      name="Dense_0", **_dense_inits())(x)
-        x = nn.gelu(x)
+        x = nn.gelu(x, approximate=GELU_APPROXIMATE)
         x = nn.Dropout(rate=self.dropout)(x, deterministic)
         return nn.Dense(d, dtype=self.dtype, use_bias=self.use_bias, name="Dense_1",
                         **_dense_inits())(x)
@@ -96,13 +100,13 @@ class Encoder1DBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
-        y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
+        y = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name="LayerNorm_0")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, deterministic=deterministic,
             kernel_init=nn.initializers.xavier_uniform(),
             name="MultiHeadDotProductAttention_0")(y, y)
         x = x + nn.Dropout(rate=self.dropout)(y, deterministic)
-        y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x)
+        y = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name="LayerNorm_1")(x)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype,
                      name="MlpBlock_0")(y, deterministic)
         return x + nn.Dropout(rate=self.dropout)(y, deterministic)
@@ -123,7 +127,7 @@ class Encoder(nn.Module):
             x = Encoder1DBlock(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                                dropout=self.dropout, dtype=self.dtype,
                                name=f"encoderblock_{i}")(x, deterministic)
-        return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+        return nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name="encoder_norm")(x)
 
 
 class MAPHead(nn.Module):
@@ -142,7 +146,7 @@ class MAPHead(nn.Module):
             num_heads=self.num_heads, dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
             name="MultiHeadDotProductAttention_0")(probe, x)
-        y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
+        y = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, name="LayerNorm_0")(x)
         x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, name="MlpBlock_0")(y)
         return x[:, 0]
 

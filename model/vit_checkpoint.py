@@ -1,5 +1,8 @@
 """big_vision-compatible ViT `.npz` checkpoints: strict loading and encoder export.
 
+Loading also reads a transformers export directory (model/hf_siglip.py), so both export formats
+initialise a run (`init.encoder_npz`) or a frozen-encoder evaluation the same way.
+
 A big_vision ViT checkpoint is an `.npz` whose keys are the parameter paths joined by "/"
 ("Transformer/encoderblock_0/LayerNorm_0/scale", "embedding/kernel", ...). Loading is strict like
 big_vision's `common.merge_params`: every model parameter must come from the file and every file
@@ -149,13 +152,44 @@ def _resample_to(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return resample_posemb(value, (side, side))
 
 
+def read_encoder(path: str, subtree: str | None = None) -> dict[str, np.ndarray]:
+    """Flat big_vision names from either export format: a `.npz`, or a directory holding a
+    transformers `SiglipVisionModel` (config.json + model.safetensors, model/hf_siglip.py)."""
+    p = epath.Path(path)
+    if p.is_dir():
+        from model import hf_siglip
+
+        if not (p / hf_siglip.WEIGHTS).exists():
+            raise FileNotFoundError(f"{path} is a directory without {hf_siglip.WEIGHTS}: pass an "
+                                    "encoder .npz or a transformers export directory")
+        return hf_siglip.read(path)
+    return read_npz(path, subtree)
+
+
+def _drop_fixed_posemb(flat: dict[str, np.ndarray], init_params: Mapping[str, Any]
+                       ) -> dict[str, np.ndarray]:
+    """A model with a fixed sin/cos position embedding has no pos_embedding parameter; a file
+    that stores those very values (a transformers export, which must) loads into it."""
+    from model.vit import posemb_sincos_2d
+
+    pe = flat.get("pos_embedding")
+    if pe is None or "pos_embedding" in init_params or not _is_square(pe.shape[1]):
+        return flat
+    side = int(round(np.sqrt(pe.shape[1])))
+    if np.allclose(pe, posemb_sincos_2d(side, side, pe.shape[-1]), atol=1e-6):
+        flat = {k: v for k, v in flat.items() if k != "pos_embedding"}
+    return flat
+
+
 def load_vit_params(path: str, init_params: Mapping[str, Any], dont_load: Iterable[str] = (),
                     subtree: str | None = None) -> dict[str, Any]:
-    """ViT params (the "img" subtree) from a big_vision `.npz`, strictly merged into `init_params`.
+    """ViT params (the "img" subtree) from a big_vision `.npz` or a transformers export directory
+    (read_encoder), strictly merged into `init_params`.
 
     Example: `params["img"] = load_vit_params("vit_b16.npz", params["img"], dont_load=["head/.*"])`.
     """
-    return merge_strict(fix_old_names(read_npz(path, subtree)), init_params, dont_load)
+    flat = _drop_fixed_posemb(fix_old_names(read_encoder(path, subtree)), init_params)
+    return merge_strict(flat, init_params, dont_load)
 
 
 def host_array(x: Any) -> np.ndarray:
@@ -166,13 +200,19 @@ def host_array(x: Any) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def export_encoder(params: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:
-    """Writes the encoder (`params["img"]`, or a bare ViT tree) as a standalone big_vision `.npz`
-    and returns the flat dict written. Multi-host: every process must call it (the gather is
-    collective); only process 0 writes."""
+def encoder_arrays(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The encoder (`params["img"]`, or a bare ViT tree) as flat big_vision names -> float32 host
+    arrays: what every export format writes. Multi-host: every process must call it (the gather
+    is collective)."""
     vit = params["img"] if "img" in params else params
-    flat = {k: np.asarray(host_array(v), np.float32)
+    return {k: np.asarray(host_array(v), np.float32)
             for k, v in traverse_util.flatten_dict(dict(vit), sep="/").items()}
+
+
+def export_encoder(params: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:
+    """Writes the encoder as a standalone big_vision `.npz` and returns the flat dict written.
+    Multi-host: every process must call it; only process 0 writes."""
+    flat = encoder_arrays(params)
     if jax.process_index() == 0:
         write_npz(flat, path)
     return flat

@@ -101,8 +101,8 @@ def _resized(im: Image.Image, max_side: int) -> Image.Image:
     return im.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
-def decode_image(data: bytes, config: DecodeConfig) -> DecodedImage:
-    """Validates and normalizes untrusted image bytes; raises BadInput on failure."""
+def _open(data: bytes, config: DecodeConfig) -> Image.Image:
+    """Untrusted bytes -> an opened (not yet decoded) image within the caps; raises BadInput."""
     if not data:
         raise BadInput("empty_image", "zero bytes")
     try:
@@ -121,19 +121,42 @@ def decode_image(data: bytes, config: DecodeConfig) -> DecodedImage:
         raise BadInput("image_too_large", f"{width}x{height} over the cap of {config.max_pixels} px")
     if min(width, height) < config.min_side:
         raise BadInput("image_too_small", f"{width}x{height}, min side {config.min_side}")
+    return im
+
+
+def _upright(im: Image.Image, draft_side: int = 0) -> tuple[Image.Image, Image.Image]:
+    """Decodes `im` -> (upright image in its own mode, its 8-bit RGB); raises BadInput."""
+    try:
+        if im.format == "JPEG" and draft_side > 0:
+            # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 size directly, several times faster.
+            im.draft("RGB", (draft_side, draft_side))
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return im, _to_rgb(im)
+    except Exception as e:  # Truncated or corrupt data surfaces only when pixels are decoded.
+        raise BadInput("truncated_image", f"{type(e).__name__}: {e}") from None
+
+
+def upright_rgb(data: bytes, config: DecodeConfig) -> np.ndarray:
+    """Untrusted bytes -> uint8[h, w, 3] upright RGB at full size (what a model is shown after
+    resizing), with the same checks and BadInput reasons as decode_image."""
+    return np.asarray(_upright(_open(data, config))[1], dtype=np.uint8)
+
+
+def decode_image(data: bytes, config: DecodeConfig) -> DecodedImage:
+    """Validates and normalizes untrusted image bytes; raises BadInput on failure."""
+    im = _open(data, config)
+    width, height = im.size
     source_format = im.format
-    target = max(config.store_max_side, config.detect_max_side)
     try:
         # getexif() may read to the end of a PNG, so it belongs inside the truncation guard.
         orientation = im.getexif().get(0x0112, 1)
-        if source_format == "JPEG" and config.store_max_side > 0 and config.detect_max_side > 0:
-            # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 size directly, several times faster.
-            im.draft("RGB", (target, target))
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        rgb = _to_rgb(im)
-    except Exception as e:  # Truncated or corrupt data surfaces only when pixels are decoded.
+    except Exception as e:
         raise BadInput("truncated_image", f"{type(e).__name__}: {e}") from None
+    draft = 0
+    if config.store_max_side > 0 and config.detect_max_side > 0:
+        draft = max(config.store_max_side, config.detect_max_side)
+    im, rgb = _upright(im, draft)
 
     stored_im = _resized(rgb, config.store_max_side)
     keep_original = (

@@ -14,3 +14,25 @@ def coco_mini() -> Path:
     if not (path / "annotations" / "instances_train2017.json").exists():
         pytest.skip(f"real test data not found at {path} (a fresh clone has no ../shared; CI does)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A workdir of the `tiny` config trained here for 2 steps (batch 4) on synthetic records:
+    a real trainer checkpoint (step 2) + encoder.npz, shared by the predict and export tests."""
+    from training import fake_data, trainer
+    from training.configs.locca import get_config
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    fake_data.write_shards(str(root / "data"), num_records=16)
+    fake_data.write_tokenizer(str(root / "data" / "tok.model"))
+    c = get_config("tiny")
+    c.data.train_glob = str(root / "data" / "train-*.array_record")
+    c.tokenizer = str(root / "data" / "tok.model")
+    c.total_steps, c.batch_size, c.log_every = 2, 4, 1
+    c.checkpoint.interval = 2
+    c.optim.schedule.warmup_steps = 1
+    c.progress_bar = False
+    c.peak_flops_per_device = 1e12  # skip measuring the matmul peak (MFU is not checked here)
+    assert trainer.train(c, str(root / "run")) == "done"
+    return root / "run"

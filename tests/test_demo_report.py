@@ -178,7 +178,7 @@ def test_stage_reuse_follows_dependencies(tmp_path: Path, monkeypatch):
     stages = {s.name: s for s in demo.stages()}
     assert stages["annotate"].deps == ("corpus",)
     assert stages["report"].deps == ("eval_locca", "eval_cap", "eval_seed1_locca",
-                                     "eval_seed1_cap")
+                                     "eval_seed1_cap", "export", "predict")
     assert stages["eval_seed1_locca"].deps == ("eval_locca", "corpus_seed1")
     assert "--num_loc" in stages["tokenizer"].cmd and "--preset" in stages["corpus"].cmd
     corpus = stages["corpus"]

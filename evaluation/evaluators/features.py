@@ -1,10 +1,11 @@
 """Frozen-encoder features for the transfer and linear-probe evaluators.
 
 The encoder is either the checkpoint's own `params["img"]` (config encoder="checkpoint", the
-default: one result per step) or an exported big_vision-format `.npz` (encoder="PATH", e.g.
-WORKDIR/encoder.npz or another run's, such as a plain captioner's, so two pretrainings can be
-compared on equal terms; "{workdir}" in the path is replaced). The npz is loaded strictly through
-model/vit_checkpoint.py into a ViT built from the run's model config.
+default: one result per step) or an exported one (encoder="PATH": a big_vision-format `.npz`,
+e.g. WORKDIR/encoder.npz or another run's, such as a plain captioner's, so two pretrainings can be
+compared on equal terms, or a transformers export directory from evaluation/export.py; "{workdir}"
+in the path is replaced). It is loaded strictly through model/vit_checkpoint.py into a ViT built
+from the run's model config.
 Features are computed once per (encoder, image set) and step, and shared between evaluators.
 """
 

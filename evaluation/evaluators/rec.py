@@ -31,8 +31,13 @@ import numpy as np
 from evaluation.checkpoint import TrainRun
 from evaluation.data.refcoco import load_rec, load_refs
 from evaluation.evaluators import base
-from evaluation.evaluators.rec_common import predict_boxes, split_metrics, write_predictions
-from evaluation.predict import box_constraint
+from evaluation.evaluators.rec_common import (
+    box_decoding,
+    box_generate,
+    predict_boxes,
+    split_metrics,
+    write_predictions,
+)
 
 # How location tokens are chosen: the argmax (the paper) or the expected bin (model/generate.py).
 LOC_DECODES = ("argmax", "expected")
@@ -70,14 +75,7 @@ class Evaluator:
                 self.splits[s] = ex[:limit] if limit else ex
         self.predictor = base.shared_predictor(run, shared, int(config.get("batch_size", 32)))
         self.images = base.shared_images(run, shared)
-        tok = run.tokenizer
-        self.allowed = (
-            box_constraint(tok)
-            if config.get("constrained", True)
-            else None
-        )
-        # Constrained decoding also keeps y2 >= y1 and x2 >= x1 (model/generate.py).
-        self.box_order = (tok.loc_start, tok.num_loc) if self.allowed is not None else None
+        self.decoding = box_decoding(run.tokenizer, bool(config.get("constrained", True)))
         self.beam_size = int(config.get("beam_size", 1))
         if self.beam_size < 1:
             raise ValueError(f"rec: beam_size must be >= 1, got {self.beam_size}")
@@ -96,13 +94,9 @@ class Evaluator:
         def encode(paths):
             return self.predictor.encode(params, self.images.batch(paths))
 
-        def generator(mode):
-            expected = (tok.loc_start, tok.num_loc) if mode == "expected" else None
-            return lambda encoded, prompts: self.predictor.generate(
-                params, encoded, prompts, allowed=self.allowed, box_order=self.box_order,
-                beam_size=self.beam_size, expected_loc=expected)
-
-        generates = [generator(mode) for mode in self.loc_decodes]
+        generates = [box_generate(self.predictor, params, tok, self.decoding,
+                                  beam_size=self.beam_size, mode=mode)
+                     for mode in self.loc_decodes]
         for split, examples in self.splits.items():
             per_mode = predict_boxes(examples, encode, generates, tok, self.predictor.max_len,
                                      self.predictor.batch_size)

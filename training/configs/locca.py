@@ -77,7 +77,8 @@ def _base() -> ml_collections.ConfigDict:
         dict(name="cosine", warmup_steps=100, end_ratio=0.0, timescale=10_000, cooldown_steps=0)
     )
 
-    # Initialise the encoder from a big_vision ViT .npz (strict; dont_load are regexes to skip).
+    # Initialise the encoder from a big_vision ViT .npz or a transformers export directory
+    # (evaluation/export.py; strict; dont_load are regexes to skip).
     c.init = ml_collections.ConfigDict(dict(encoder_npz="", dont_load=("head/.*",)))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))  # 0: all devices
