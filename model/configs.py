@@ -57,28 +57,35 @@ def _base(variant: str) -> dict[str, Any]:
     return dict(decode_variant(variant), image_size=224, max_len=64, vocab_size=32_000)
 
 
-def _parse_arg(arg: str) -> tuple[str, dict[str, Any]]:
-    """"tiny,image_size=128,dtype=bfloat16" -> ("tiny", {...}) with ints/floats converted."""
+def parse_arg(arg: str) -> tuple[str, dict[str, Any]]:
+    """A config string "name,key=value,..." -> ("name", {key: value, ...}).
+
+    The one parser of every `get_config(arg)` string (model, training, evaluation configs). Each
+    value becomes an int if it reads as one, else a float, else stays a string ("val+test",
+    "bfloat16"); a pair without "=" is a ValueError naming it.
+    """
     variant, *pairs = arg.split(",")
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"config override {pair!r} must look like key=value")
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = value
+        out[key] = _number_or_str(value)
     return variant, out
+
+
+def _number_or_str(value: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
 
 
 def get_config(arg: str = "tiny", **overrides: Any) -> ml_collections.ConfigDict:
     """Returns the model ConfigDict for `arg` (see module docstring), with `overrides` applied."""
-    variant, parsed = _parse_arg(arg)
+    variant, parsed = parse_arg(arg)
     overrides = {**parsed, **overrides}
     base = _base(variant)
     cfg = dict(

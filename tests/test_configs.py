@@ -51,3 +51,21 @@ def test_paper_recipe():
 def test_unknown_variant_names_the_choices():
     with pytest.raises(ValueError, match="tiny, cap_tiny"):
         locca_configs.get_config("huge")
+
+
+def test_one_config_string_parser_for_model_and_eval():
+    from evaluation.configs import sample as eval_configs
+    from model.configs import parse_arg
+
+    assert parse_arg("tiny,image_size=128,loc_head_sigma=0.05,dtype=bfloat16,depth=-2") == (
+        "tiny", {"image_size": 128, "loc_head_sigma": 0.05, "dtype": "bfloat16", "depth": -2})
+    assert parse_arg("refcoco,splits=val+test,lr=1e-3") == (
+        "refcoco", {"splits": "val+test", "lr": 1e-3})
+    with pytest.raises(ValueError, match="'dtype' must look like key=value"):
+        parse_arg("tiny,dtype")
+    # The eval configs go through the same parser: ints, strings and the default variant.
+    c = eval_configs.get_config("refcoco,batch_size=4,splits=val+testA,data_dir=d")
+    assert (c.batch_size, tuple(c.evaluators.rec.splits)) == (4, ("val", "testA"))
+    assert set(eval_configs.get_config("").evaluators) >= {"rec", "rec_transfer", "captioning"}
+    with pytest.raises(ValueError, match="must look like key=value"):
+        eval_configs.get_config("rec,batch_size")
