@@ -43,6 +43,7 @@ import numpy as np
 
 from model import tasks
 from pipelines import record as record_lib
+from pipelines import shards
 from training import mixture
 from training import preprocess as pp
 
@@ -90,27 +91,10 @@ class DataError(ValueError):
 
 def expand_paths(patterns: str | Sequence[str]) -> list[str]:
     """Globs (local or cloud; a comma-separated string or a list) -> sorted shard paths."""
-    from etils import epath
-
-    if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p.strip()]
-    if not patterns:
-        raise DataError("data.paths is empty; set it to a glob like 'DIR/*.array_record'")
-    out: list[str] = []
-    for pattern in patterns:
-        pattern = pattern.strip()
-        cut = min((pattern.find(c) for c in "*?[" if c in pattern), default=-1)
-        if cut < 0:
-            found = [pattern] if epath.Path(pattern).exists() else []
-        else:
-            slash = pattern.rfind("/", 0, cut)
-            root = epath.Path(pattern[:slash] if slash > 0 else ("/" if slash == 0 else "."))
-            rest = pattern[slash + 1 :]
-            found = [str(p) for p in root.glob(rest)] if root.exists() else []
-        if not found:
-            raise DataError(f"no shards match {pattern!r}; check data.paths")
-        out.extend(sorted(found))
-    return out
+    try:
+        return shards.expand(patterns)
+    except shards.NoShards as e:
+        raise DataError(f"{e}; check data.paths") from None
 
 
 class ExampleTransform(grain.transforms.RandomMap):
