@@ -15,9 +15,6 @@ a `"tiny,image_size=128,dec_depth=3"` string. Fields:
   max_len         decoder input length L (text length; inputs = seq[:-1])
   pad_id          token id masked as attention key (tokenizer.pad_id, 0)
   dtype           activation dtype "float32" | "bfloat16" (params stay float32)
-  parallel_prob   fraction of Cap examples the TRAINER turns into CapPa parallel prediction
-                  (tasks.parallel_inputs + parallel=True); 0 = plain autoregressive captioner.
-                  CapPa used 0.75; the LocCa paper trains autoregressively, so the default is 0.
   loc_start, num_loc  the location tokens' ids [loc_start, loc_start + num_loc) (the trainer sets
                   them from the tokenizer; 0 = unknown)
   loc_embed_init  "normal" (as every other token) | "sincos": the location tokens' input
@@ -94,7 +91,7 @@ def get_config(arg: str = "tiny", **overrides: Any) -> ml_collections.ConfigDict
         num_heads=base["num_heads"], posemb="learn", pool_type="none", enc_dropout=0.0,
         dec_width=0, dec_depth=0, dec_num_heads=0, dec_mlp_dim=0, dec_dropout=0.0,
         vocab_size=base["vocab_size"], max_len=base["max_len"], pad_id=0, dtype="float32",
-        parallel_prob=0.0, loc_start=0, num_loc=0, loc_embed_init="normal",
+        loc_start=0, num_loc=0, loc_embed_init="normal",
         loc_head_init="zeros", loc_head_sigma=0.1,
     )
     unknown = sorted(set(overrides) - set(cfg))
