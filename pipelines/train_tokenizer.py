@@ -8,7 +8,8 @@ Both write tok.model and tok.model.json (the id layout: pad 0, eos, bos, mask, l
 
 The training text is what the decoder will read: captions, "{phrase} :" (the ARef form, so the
 separator becomes a piece) and one "cap aref gcap" line per record (so task prefixes get pieces).
-Imports only sentencepiece, array_record, pipelines.record and model.tokenizer: no JAX, no Beam.
+Imports only sentencepiece, array_record, pipelines.record, pipelines.shards and model.tokenizer:
+no JAX, no Beam.
 """
 
 from __future__ import annotations

@@ -83,10 +83,11 @@ def options() -> ml_collections.ConfigDict:
     return c
 
 
-def with_inputs(options: ml_collections.ConfigDict, *, paths: str | Sequence[str],
+def with_inputs(settings: ml_collections.ConfigDict, *, paths: str | Sequence[str],
                 image_size: int, text_len: int,
                 task_weights: Mapping[str, float]) -> ml_collections.ConfigDict:
-    """The loader's whole config: `options` plus what it takes from the rest of a training config.
+    """The loader's whole config: its own `settings` (options()) plus what it takes from the rest
+    of a training config.
 
     paths: glob (or list of globs) of ArrayRecord shards, local or gs://; image_size: output side
     S (images are squashed to S x S); text_len: L, the decoder length (tokens per task, BOS..EOS
@@ -94,7 +95,7 @@ def with_inputs(options: ml_collections.ConfigDict, *, paths: str | Sequence[str
     fills them from data.train_glob, model.image_size, model.max_len and loss.task_weights
     (trainer.data_config), so each is set in one place.
     """
-    c = ml_collections.ConfigDict(options.to_dict())
+    c = ml_collections.ConfigDict(settings.to_dict())
     c.paths = paths
     c.image_size = int(image_size)
     c.text_len = int(text_len)
