@@ -44,6 +44,9 @@ def compare_shapes(found: dict[str, tuple], expected: dict[str, tuple], limit: i
     return lines
 
 
+_NOT_MODEL_FIELDS = ("variant", "parallel_prob")
+
+
 def _find(cfg: dict, *paths: str) -> Any:
     for path in paths:
         node: Any = cfg
@@ -83,7 +86,8 @@ class TrainRun:
         if not isinstance(model_dict, dict):
             raise ValueError(f"{path} has no 'model' section")
         variant = model_dict.get("variant", "tiny")
-        fields = {k: v for k, v in model_dict.items() if k != "variant"}
+        # Runs before issue 20 also copied the training setting parallel_prob into "model".
+        fields = {k: v for k, v in model_dict.items() if k not in _NOT_MODEL_FIELDS}
         model_config = get_config(variant, **fields)
         tok_path = tokenizer_path or _find(
             config, "tokenizer", "tokenizer_path", "data.tokenizer", "data.tokenizer_path"

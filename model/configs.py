@@ -15,9 +15,6 @@ a `"tiny,image_size=128,dec_depth=3"` string. Fields:
   max_len         decoder input length L (text length; inputs = seq[:-1])
   pad_id          token id masked as attention key (tokenizer.pad_id, 0)
   dtype           activation dtype "float32" | "bfloat16" (params stay float32)
-  parallel_prob   fraction of Cap examples the TRAINER turns into CapPa parallel prediction
-                  (tasks.parallel_inputs + parallel=True); 0 = plain autoregressive captioner.
-                  CapPa used 0.75; the LocCa paper trains autoregressively, so the default is 0.
   loc_start, num_loc  the location tokens' ids [loc_start, loc_start + num_loc) (the trainer sets
                   them from the tokenizer; 0 = unknown)
   loc_embed_init  "normal" (as every other token) | "sincos": the location tokens' input
@@ -59,28 +56,35 @@ def _base(variant: str) -> dict[str, Any]:
     return dict(decode_variant(variant), image_size=224, max_len=64, vocab_size=32_000)
 
 
-def _parse_arg(arg: str) -> tuple[str, dict[str, Any]]:
-    """"tiny,image_size=128,dtype=bfloat16" -> ("tiny", {...}) with ints/floats converted."""
+def parse_arg(arg: str) -> tuple[str, dict[str, Any]]:
+    """A config string "name,key=value,..." -> ("name", {key: value, ...}).
+
+    The one parser of every `get_config(arg)` string (model, training, evaluation configs). Each
+    value becomes an int if it reads as one, else a float, else stays a string ("val+test",
+    "bfloat16"); a pair without "=" is a ValueError naming it.
+    """
     variant, *pairs = arg.split(",")
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"config override {pair!r} must look like key=value")
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = value
+        out[key] = _number_or_str(value)
     return variant, out
+
+
+def _number_or_str(value: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
 
 
 def get_config(arg: str = "tiny", **overrides: Any) -> ml_collections.ConfigDict:
     """Returns the model ConfigDict for `arg` (see module docstring), with `overrides` applied."""
-    variant, parsed = _parse_arg(arg)
+    variant, parsed = parse_arg(arg)
     overrides = {**parsed, **overrides}
     base = _base(variant)
     cfg = dict(
@@ -89,7 +93,7 @@ def get_config(arg: str = "tiny", **overrides: Any) -> ml_collections.ConfigDict
         num_heads=base["num_heads"], posemb="learn", pool_type="none", enc_dropout=0.0,
         dec_width=0, dec_depth=0, dec_num_heads=0, dec_mlp_dim=0, dec_dropout=0.0,
         vocab_size=base["vocab_size"], max_len=base["max_len"], pad_id=0, dtype="float32",
-        parallel_prob=0.0, loc_start=0, num_loc=0, loc_embed_init="normal",
+        loc_start=0, num_loc=0, loc_embed_init="normal",
         loc_head_init="zeros", loc_head_sigma=0.1,
     )
     unknown = sorted(set(overrides) - set(cfg))

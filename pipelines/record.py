@@ -314,9 +314,14 @@ def boxes_to_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     )
 
 
-def boxes_from_xywh(xywh: np.ndarray, height: int, width: int) -> np.ndarray:
-    """COCO pixel boxes float[N, 4] [x, y, w, h] -> normalized [ymin, xmin, ymax, xmax], clipped."""
+def boxes_from_xywh(xywh: np.ndarray, height: float, width: float,
+                    dtype: np.typing.DTypeLike = np.float32) -> np.ndarray:
+    """COCO pixel boxes float[N, 4] [x, y, w, h] -> normalized [ymin, xmin, ymax, xmax], clipped.
+
+    The one COCO box converter (annotate's converters, evaluation's RefCOCO reader). float32 is
+    the records' dtype; evaluation asks for float64 so its IoUs are not rounded first.
+    """
     xywh = np.asarray(xywh, np.float64).reshape(-1, 4)
     x, y, w, h = xywh.T
     out = np.stack([y / height, x / width, (y + h) / height, (x + w) / width], -1)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(dtype)

@@ -8,13 +8,13 @@ Both write tok.model and tok.model.json (the id layout: pad 0, eos, bos, mask, l
 
 The training text is what the decoder will read: captions, "{phrase} :" (the ARef form, so the
 separator becomes a piece) and one "cap aref gcap" line per record (so task prefixes get pieces).
-Imports only sentencepiece, array_record, pipelines.record and model.tokenizer: no JAX, no Beam.
+Imports only sentencepiece, array_record, pipelines.record, pipelines.shards and model.tokenizer:
+no JAX, no Beam.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,22 +24,17 @@ if __package__ in (None, ""):  # Run as a script: make the repository importable
 
 from model import tokenizer as tokenizer_lib  # noqa: E402
 from pipelines import record as record_lib  # noqa: E402
+from pipelines import shards  # noqa: E402
 
 TASK_LINE = "cap aref gcap"
 
 
 def shard_paths(pattern: str) -> list[str]:
-    """Local globs via glob; a cloud URL (gs://...) via etils.epath."""
-    if "://" in pattern:
-        from etils import epath
-
-        root, _, rest = pattern.rpartition("/")
-        paths = sorted(str(p) for p in epath.Path(root).glob(rest))
-    else:
-        paths = sorted(glob.glob(pattern))
-    if not paths:
-        raise SystemExit(f"train_tokenizer: no shards match --input {pattern!r}; check the glob")
-    return paths
+    """--input's shards (pipelines/shards.py: local or gs://, comma-separated globs)."""
+    try:
+        return shards.expand(pattern)
+    except shards.NoShards as e:
+        raise SystemExit(f"train_tokenizer: {e} (--input); check the glob") from None
 
 
 def read_texts(paths: Sequence[str], max_records: int | None = None) -> Iterator[str]:

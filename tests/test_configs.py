@@ -51,3 +51,38 @@ def test_paper_recipe():
 def test_unknown_variant_names_the_choices():
     with pytest.raises(ValueError, match="tiny, cap_tiny"):
         locca_configs.get_config("huge")
+
+
+def test_one_config_string_parser_for_model_and_eval():
+    from evaluation.configs import sample as eval_configs
+    from model.configs import parse_arg
+
+    assert parse_arg("tiny,image_size=128,loc_head_sigma=0.05,dtype=bfloat16,depth=-2") == (
+        "tiny", {"image_size": 128, "loc_head_sigma": 0.05, "dtype": "bfloat16", "depth": -2})
+    assert parse_arg("refcoco,splits=val+test,lr=1e-3") == (
+        "refcoco", {"splits": "val+test", "lr": 1e-3})
+    with pytest.raises(ValueError, match="'dtype' must look like key=value"):
+        parse_arg("tiny,dtype")
+    # The eval configs go through the same parser: ints, strings and the default variant.
+    c = eval_configs.get_config("refcoco,batch_size=4,splits=val+testA,data_dir=d")
+    assert (c.batch_size, tuple(c.evaluators.rec.splits)) == (4, ("val", "testA"))
+    assert set(eval_configs.get_config("").evaluators) >= {"rec", "rec_transfer", "captioning"}
+    with pytest.raises(ValueError, match="must look like key=value"):
+        eval_configs.get_config("rec,batch_size")
+
+
+def test_each_training_setting_is_stated_once():
+    """task_weights live in loss, parallel_prob at the top, the loader's inputs in data.train_glob
+    and model; the trainer hands them to the loader (what users type still reaches it)."""
+    from training import trainer
+
+    c = locca_configs.get_config("cap_tiny")
+    assert not {"task_weights", "paths", "image_size", "text_len"} & set(c.data)
+    assert "parallel_prob" not in c.model and c.parallel_prob == 0.0
+    c.loss.task_weights.cap = 2.0
+    c.data.train_glob = "shards/train-*.array_record"
+    c.model.image_size = 96
+    loader = trainer.data_config(c)
+    assert dict(loader.task_weights) == {"cap": 2.0, "aref": 0.0, "gcap": 0.0}
+    assert (loader.paths, loader.image_size, loader.text_len, loader.task_mix) == (
+        "shards/train-*.array_record", 96, c.model.max_len, "sample")

@@ -88,9 +88,11 @@ def test_official_and_json_layouts_load_and_count_problems(tmp_path, refs_name):
 
 
 def test_box_conversion_slack_and_degenerate():
-    assert coco_box_to_normalized([0, 0, 100.5, 50], 100, 50) is not None  # rounding overhang
-    assert coco_box_to_normalized([0, 0, 0, 10], 100, 50) is None
-    assert coco_box_to_normalized([-5, 0, 10, 10], 100, 50) is None
+    hw = dict(height=50, width=100)
+    assert coco_box_to_normalized([0, 0, 100.5, 50], **hw) == (0.0, 0.0, 1.0, 1.0)  # overhang
+    assert coco_box_to_normalized([10, 5, 20, 40], **hw) == (0.1, 0.1, 0.9, 0.3)
+    assert coco_box_to_normalized([0, 0, 0, 10], **hw) is None
+    assert coco_box_to_normalized([-5, 0, 10, 10], **hw) is None
 
 
 def test_sample_corpus_layout(tmp_path):

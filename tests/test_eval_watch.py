@@ -98,6 +98,21 @@ def test_checkpoints_restore_from_relative_paths(tmp_path, tok, monkeypatch):
         assert all(jax.tree.leaves(same))
 
 
+def test_config_json_of_old_and_new_runs_loads(tmp_path, tok):
+    """Runs before issue 20 also recorded the training setting parallel_prob under "model"."""
+    from evaluation.checkpoint import TrainRun
+
+    tok_path, t = tok
+    make_workdir(tmp_path / "new", tok_path, t.vocab_size, steps=(), done=False)
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    config["model"]["parallel_prob"] = 0.5
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    new, old = TrainRun.load(str(tmp_path / "new")), TrainRun.load(str(tmp_path / "old"))
+    assert new.model_config.to_dict() == old.model_config.to_dict()
+    assert "parallel_prob" not in old.model_config
+
+
 def test_watch_evaluates_the_newest_step_from_a_params_only_copy(tmp_path, tok):
     """The snapshot that protects the newest step from keep-N deletion holds its params item
     only (not the optimizer state), restores like the original, and is gone when watch ends."""

@@ -172,3 +172,20 @@ def test_box_conversions():
     np.testing.assert_allclose(
         record.boxes_to_pixels(norm, 100, 200), [[10, 20, 40, 60]], atol=1e-4
     )
+
+
+def test_shard_globs_expand_in_order(tmp_path):
+    from pipelines import shards
+
+    for name in ("b-1.array_record", "a-2.array_record", "a-1.array_record", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    a, b = str(tmp_path / "a-*.array_record"), str(tmp_path / "b-*.array_record")
+    # Sorted within a glob, globs in the order given; a plain path is kept when it exists.
+    assert shards.expand(f"{b}, {a}") == [str(tmp_path / n) for n in
+                                         ("b-1.array_record", "a-1.array_record",
+                                          "a-2.array_record")]
+    assert shards.expand([str(tmp_path / "c.txt")]) == [str(tmp_path / "c.txt")]
+    with pytest.raises(shards.NoShards, match="no shards match .*nothing"):
+        shards.expand([a, str(tmp_path / "nothing-*")])
+    with pytest.raises(shards.NoShards, match="no shard glob given"):
+        shards.expand(" , ")

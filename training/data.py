@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
@@ -43,15 +43,14 @@ import numpy as np
 
 from model import tasks
 from pipelines import record as record_lib
+from pipelines import shards
 from training import mixture
 from training import preprocess as pp
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Data config fields (the trainer's `config.data`)."""
+def options() -> ml_collections.ConfigDict:
+    """The loader's own settings: the training config's `config.data` (see with_inputs)."""
     c = ml_collections.ConfigDict()
-    c.paths = ""  # glob (or list of globs) of ArrayRecord shards; local or gs://
-    c.image_size = 224  # output side S; images are squashed to S x S
     c.image_dtype = "uint8"  # "uint8": [0, 255], scaled on device; "float32": value_range on host
     c.value_range = (-1.0, 1.0)  # float32 pixel range; uint8 images always map to [-1, 1]
     c.fast_resize = True  # OpenCV bilinear (pp.resize_fast); False: Pillow antialiased (= eval)
@@ -59,9 +58,9 @@ def default_config() -> ml_collections.ConfigDict:
     # validated when written). True: full record.decode + validate of every example (slower, same
     # batches for valid records).
     c.check_records = False
-    c.text_len = 64  # L: decoder length (tokens per task, BOS..EOS minus one)
-    c.task_mix = "all"  # "all": every task every example (paper); "sample": one task per example
-    c.task_weights = {"cap": 1.0, "aref": 1.0, "gcap": 1.0}  # for task_mix="sample"
+    # "all": every task every example (paper); "sample": one task per example, drawn in
+    # proportion to the task weights.
+    c.task_mix = "all"
     c.shuffle = True  # global shuffle, reshuffled each epoch from the seed
     c.augment = ml_collections.ConfigDict()
     c.augment.crop = False  # Inception-style random resized crop (boxes clipped or dropped)
@@ -84,33 +83,42 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def with_inputs(settings: ml_collections.ConfigDict, *, paths: str | Sequence[str],
+                image_size: int, text_len: int,
+                task_weights: Mapping[str, float]) -> ml_collections.ConfigDict:
+    """The loader's whole config: its own `settings` (options()) plus what it takes from the rest
+    of a training config.
+
+    paths: glob (or list of globs) of ArrayRecord shards, local or gs://; image_size: output side
+    S (images are squashed to S x S); text_len: L, the decoder length (tokens per task, BOS..EOS
+    minus one); task_weights: {task: weight}, task_mix="sample" draws tasks by them. The trainer
+    fills them from data.train_glob, model.image_size, model.max_len and loss.task_weights
+    (trainer.data_config), so each is set in one place.
+    """
+    c = ml_collections.ConfigDict(settings.to_dict())
+    c.paths = paths
+    c.image_size = int(image_size)
+    c.text_len = int(text_len)
+    c.task_weights = ml_collections.ConfigDict({k: float(v) for k, v in task_weights.items()})
+    return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A standalone loader's whole config (tests, benchmarks): options() with default inputs."""
+    return with_inputs(options(), paths="", image_size=224, text_len=64,
+                       task_weights={"cap": 1.0, "aref": 1.0, "gcap": 1.0})
+
+
 class DataError(ValueError):
     """Bad data configuration (e.g. a glob that matches nothing)."""
 
 
 def expand_paths(patterns: str | Sequence[str]) -> list[str]:
     """Globs (local or cloud; a comma-separated string or a list) -> sorted shard paths."""
-    from etils import epath
-
-    if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p.strip()]
-    if not patterns:
-        raise DataError("data.paths is empty; set it to a glob like 'DIR/*.array_record'")
-    out: list[str] = []
-    for pattern in patterns:
-        pattern = pattern.strip()
-        cut = min((pattern.find(c) for c in "*?[" if c in pattern), default=-1)
-        if cut < 0:
-            found = [pattern] if epath.Path(pattern).exists() else []
-        else:
-            slash = pattern.rfind("/", 0, cut)
-            root = epath.Path(pattern[:slash] if slash > 0 else ("/" if slash == 0 else "."))
-            rest = pattern[slash + 1 :]
-            found = [str(p) for p in root.glob(rest)] if root.exists() else []
-        if not found:
-            raise DataError(f"no shards match {pattern!r}; check data.paths")
-        out.extend(sorted(found))
-    return out
+    try:
+        return shards.expand(patterns)
+    except shards.NoShards as e:
+        raise DataError(f"{e}; check data.paths") from None
 
 
 class ExampleTransform(grain.transforms.RandomMap):

@@ -79,17 +79,14 @@ def resolve_config(config: ml_collections.ConfigDict, tok: Tokenizer) -> ml_coll
     config.model.pad_id = tok.pad_id
     config.model.loc_start = tok.loc_start  # soft location targets / location-embedding init
     config.model.num_loc = tok.num_loc
-    config.model.parallel_prob = float(config.parallel_prob)
     return config
 
 
 def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The loader's config: config.data plus the shard glob, resolution and text length."""
-    c = ml_collections.ConfigDict(config.data.to_dict())
-    c.paths = c.train_glob
-    c.image_size = config.model.image_size
-    c.text_len = config.model.max_len
-    return c
+    """The loader's config: config.data plus the fields stated elsewhere in the training config."""
+    return data_lib.with_inputs(
+        config.data, paths=config.data.train_glob, image_size=config.model.image_size,
+        text_len=config.model.max_len, task_weights=config.loss.task_weights)
 
 
 def _write_atomic(path: epath.Path, text: str) -> None:

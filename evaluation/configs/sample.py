@@ -32,6 +32,7 @@ from __future__ import annotations
 import ml_collections
 
 from evaluation.data import refcoco_variants
+from model.configs import parse_arg
 
 _SPLITS = ("val", "testA", "testB")
 
@@ -108,19 +109,8 @@ def _refcoco(c) -> dict:
     return dict(rec=rec, rec_transfer=transfer, loc_readout=readout)
 
 
-def _parse(arg: str) -> tuple[str, dict]:
-    variant, *pairs = (arg or "all").split(",")
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"config override {pair!r} must look like key=value")
-        out[key] = int(value) if value.lstrip("-").isdigit() else value
-    return variant, out
-
-
 def get_config(arg: str = "all") -> ml_collections.ConfigDict:
-    variant, over = _parse(arg)
+    variant, over = parse_arg(arg or "all")
     c = ml_collections.ConfigDict(dict(
         data_dir="", images_dir="{data_dir}/images", tokenizer="", batch_size=32,
         max_per_split=0, transfer_steps=300, poll_s=5, stale_claim_s=6 * 3600,

@@ -19,9 +19,11 @@ import collections
 import dataclasses
 import json
 
+import numpy as np
 from etils import epath
 
 from evaluation.data import safe_pickle
+from pipelines import record
 
 # A COCO box may overhang its image by a rounding error; beyond this many pixels it is invalid.
 _BOX_SLACK_PX = 1.0
@@ -83,16 +85,16 @@ def check_splits(refs: list[dict], wanted: tuple[str, ...], path: str) -> None:
 
 
 def coco_box_to_normalized(
-    bbox: list[float], width: float, height: float
+    bbox: list[float], *, height: float, width: float
 ) -> tuple[float, float, float, float] | None:
-    """COCO [x, y, w, h] pixels -> normalized [ymin, xmin, ymax, xmax], or None when the box is
-    empty or lies (beyond a pixel of slack) outside the image."""
+    """COCO [x, y, w, h] pixels -> normalized [ymin, xmin, ymax, xmax] (record.boxes_from_xywh),
+    or None when the box is empty or lies (beyond a pixel of slack) outside the image."""
     x, y, w, h = (float(v) for v in bbox)
     s = _BOX_SLACK_PX
     if w <= 0 or h <= 0 or x < -s or y < -s or x + w > width + s or y + h > height + s:
         return None
-    clip = lambda v: min(max(v, 0.0), 1.0)  # noqa: E731
-    return (clip(y / height), clip(x / width), clip((y + h) / height), clip((x + w) / width))
+    box = record.boxes_from_xywh([x, y, w, h], height, width, dtype=np.float64)[0]
+    return tuple(float(v) for v in box)
 
 
 def resolve_image(images_dir: epath.Path, file_name: str) -> epath.Path:
@@ -135,7 +137,7 @@ def load_rec(
         if ann is None or ann.get("image_id") != image["id"]:
             problems["unknown_annotation_id"] += 1
             continue
-        box = coco_box_to_normalized(ann["bbox"], image["width"], image["height"])
+        box = coco_box_to_normalized(ann["bbox"], height=image["height"], width=image["width"])
         if box is None:
             problems["box_outside_image"] += 1
             continue

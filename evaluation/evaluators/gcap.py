@@ -3,7 +3,8 @@
 Data: RefCOCO-format refs + instances (one item per referred object, not per sentence). The target
 phrase is the annotation's own `phrase`/`names` when the instances file carries them, else the
 category name. Scores: exact match (normalized text equals one of the names), category hit (the
-category word appears in the output: a looser grounding check), CIDEr-D against the ref sentences.
+category appears in the output as whole words: a looser grounding check), CIDEr-D against the ref
+sentences.
 Config: refs, instances, images, splits (default ("val",)), batch_size, max_per_split.
 """
 
@@ -70,11 +71,17 @@ class Evaluator:
                                    strict=True):
                     outputs[it["key"]] = tasks.decode_target("gcap", ids, tok).text
             exact = [simple_tokenize(outputs[it["key"]]) in it["names"] for it in items]
-            hit = [bool(it["category"]) and it["category"] in simple_tokenize(outputs[it["key"]])
-                   for it in items]
+            hit = [_names(outputs[it["key"]], it["category"]) for it in items]
             cider = caption_scores({it["key"]: it["refs"] for it in items}, outputs)["cider"]
             yield f"{split}/exact_match", sum(exact) / len(items)
             yield f"{split}/category_hit", sum(hit) / len(items)
             yield f"{split}/cider", cider
             yield f"{split}/count", float(len(items))
         yield from base.problems_metrics(self.problems)
+
+
+def _names(text: str, word: str) -> bool:
+    """Whether `text` contains `word` (one or more words) as whole words: "star" is not named by
+    "starfish"; an empty word is never named."""
+    word = simple_tokenize(word)
+    return bool(word) and f" {word} " in f" {simple_tokenize(text)} "

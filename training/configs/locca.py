@@ -36,18 +36,17 @@ def _base() -> ml_collections.ConfigDict:
     c.batch_size = 32  # global, over all processes
     c.tokenizer = DEMO_TOKENIZER
 
-    # Loader fields (training/data.py's default_config documents each). The shard glob is
-    # `train_glob`; the resolution and text length come from model.image_size / model.max_len
-    # (the trainer copies them into the loader, so the two cannot disagree).
-    c.data = data_lib.default_config()
-    for derived in ("paths", "image_size", "text_len"):
-        del c.data[derived]
+    # The loader's own settings (training/data.py's options documents each). Its shard glob is
+    # `train_glob`; its resolution, text length and task weights are model.image_size,
+    # model.max_len and loss.task_weights (trainer.data_config hands them over: each is set once).
+    c.data = data_lib.options()
     c.data.train_glob = DEMO_SHARDS
     c.data.num_workers = 0  # Grain mp_prefetch worker processes; 0 = in-process threads
 
     c.model = model_configs.get_config("tiny")
 
-    # Loss: sum over tasks of each task's token-mean cross-entropy, times its weight.
+    # Loss: sum over tasks of each task's token-mean cross-entropy, times its weight. A task of
+    # weight 0 is not trained; data.task_mix="sample" also draws each example's task by them.
     c.loss = ml_collections.ConfigDict()
     c.loss.task_weights = ml_collections.ConfigDict(dict(cap=1.0, aref=1.0, gcap=1.0))
     c.loss.label_smoothing = 0.0
@@ -58,7 +57,8 @@ def _base() -> ml_collections.ConfigDict:
     # loc_sigma_steps (0 = total_steps), cosine: wide targets reward "the right patch" early on.
     c.loss.loc_sigma_start = 0.0
     c.loss.loc_sigma_steps = 0
-    # CapPa: fraction of Cap examples decoded in parallel (masked inputs, bidirectional attention).
+    # CapPa: fraction of Cap examples decoded in parallel (masked inputs, bidirectional attention;
+    # tasks.parallel_inputs). CapPa used 0.75; the LocCa paper trains autoregressively: 0.
     c.parallel_prob = 0.0
 
     c.optim = ml_collections.ConfigDict()
@@ -132,8 +132,7 @@ def _cap_tiny(c: ml_collections.ConfigDict) -> None:
     """
     _tiny(c)
     c.loss.task_weights = ml_collections.ConfigDict(dict(cap=1.0, aref=0.0, gcap=0.0))
-    c.data.task_mix = "sample"  # with aref/gcap weight 0 below: every example is a Cap example
-    c.data.task_weights = ml_collections.ConfigDict(dict(cap=1.0, aref=0.0, gcap=0.0))
+    c.data.task_mix = "sample"  # with aref/gcap weight 0: every example is a Cap example
 
 
 def _micro(c: ml_collections.ConfigDict) -> None:
