@@ -20,12 +20,14 @@ def coco_mini() -> Path:
 def tiny_run(tmp_path_factory) -> Path:
     """A workdir of the `tiny` config trained here for 2 steps (batch 4) on synthetic records:
     a real trainer checkpoint (step 2) + encoder.npz, shared by the predict and export tests."""
-    from training import fake_data, trainer
+    import train_fixtures
+
+    from training import trainer
     from training.configs.locca import get_config
 
     root = tmp_path_factory.mktemp("tiny_run")
-    fake_data.write_shards(str(root / "data"), num_records=16)
-    fake_data.write_tokenizer(str(root / "data" / "tok.model"))
+    train_fixtures.write_shards(str(root / "data"), num_records=16)
+    train_fixtures.write_tokenizer(str(root / "data" / "tok.model"))
     c = get_config("tiny")
     c.data.train_glob = str(root / "data" / "train-*.array_record")
     c.tokenizer = str(root / "data" / "tok.model")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_eval_fixtures import make_corpus
+from eval_fixtures import make_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
 import demo  # noqa: E402

@@ -96,7 +96,7 @@ def test_box_conversion_slack_and_degenerate():
 
 
 def test_sample_corpus_layout(tmp_path):
-    from test_eval_fixtures import make_corpus
+    from eval_fixtures import make_corpus
 
     eval_dir = make_corpus(tmp_path, num_eval=12)
     data = load_rec(str(eval_dir / "refs.json"), str(eval_dir / "instances.json"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_eval_fixtures import evaluator_config, random_head_run
+from eval_fixtures import evaluator_config, random_head_run
 
 from evaluation.evaluators import base
 from evaluation.evaluators.loc_readout import EDGES, box_positions, readout_metrics

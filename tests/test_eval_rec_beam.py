@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_eval_fixtures import evaluator_config, random_head_run
+from eval_fixtures import evaluator_config, random_head_run
 
 from evaluation.evaluators import base
 

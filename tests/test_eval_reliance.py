@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from eval_fixtures import evaluator_config, random_head_run
 from flax import traverse_util
-from test_eval_fixtures import evaluator_config, random_head_run
 
 from evaluation.evaluators import base
 from evaluation.evaluators.image_reliance import other_image_index

@@ -1,7 +1,7 @@
 """End-to-end evaluators on the sample corpus with tiny models (slow: they compile generation)."""
 
 import pytest
-from test_eval_fixtures import evaluator_config, make_corpus, make_tokenizer, make_workdir
+from eval_fixtures import evaluator_config, make_corpus, make_tokenizer, make_workdir
 
 from evaluation.checkpoint import TrainRun
 from evaluation.evaluators import base

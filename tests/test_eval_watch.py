@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_eval_fixtures import make_workdir, results, run_eval, save_checkpoint, tiny_model_config
+from eval_fixtures import make_workdir, results, run_eval, save_checkpoint, tiny_model_config
 
 
 @pytest.fixture(scope="module")

@@ -107,12 +107,12 @@ def test_bad_mixture_is_named(sets, entry, needle):
 def test_killed_mixture_training_resumes_exactly(sets, tmp_path):
     """The trainer with a mixture: SIGKILL after a checkpoint, rerun, same batches and params as
     a straight run; metrics.jsonl has examples_seen per source."""
+    import train_fixtures
     from test_trainer_resume import _leaves, batch_hashes, wait_for_checkpoint
 
-    from training import fake_data
     from training.checkpointing import restore_params
 
-    fake_data.write_tokenizer(str(tmp_path / "tok.model"))
+    train_fixtures.write_tokenizer(str(tmp_path / "tok.model"))
     mix = f"(('web', '{sets[0]}', 0.8), ('vg', '{sets[1]}', 0.2))"
     flags = {"data.mixture": mix, "tokenizer": str(tmp_path / "tok.model"), "total_steps": 8,
              "checkpoint.interval": 1, "checkpoint.keep": 100, "log_batch_hashes": True,

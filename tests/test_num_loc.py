@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from eval_fixtures import evaluator_config, random_head_run
 
 from model import tasks
 from model import tokenizer as tk
-from tests.test_eval_fixtures import evaluator_config, random_head_run
 
 NUM_LOC = 32
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_fixtures import evaluator_config, make_corpus
 from PIL import Image
-from test_eval_fixtures import evaluator_config, make_corpus
 
 from evaluation import predict_cli
 

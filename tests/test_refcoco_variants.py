@@ -123,7 +123,7 @@ def test_bad_refs_pickle_is_one_line_naming_the_file(tmp_path, kind):
 
 
 def test_run_py_wrong_split_and_bad_pickle_are_one_line(tmp_path):
-    from test_eval_fixtures import make_workdir, run_eval
+    from eval_fixtures import make_workdir, run_eval
 
     from model import tokenizer as tk
 

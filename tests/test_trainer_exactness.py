@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import train_fixtures
 
-from training import fake_data, trainer
+from training import trainer
 from training.checkpointing import restore_params
 from training.configs.locca import get_config
 
@@ -23,8 +24,8 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("corpus")
-    fake_data.write_shards(str(d), num_records=48)
-    fake_data.write_tokenizer(str(d / "tok.model"))
+    train_fixtures.write_shards(str(d), num_records=48)
+    train_fixtures.write_tokenizer(str(d / "tok.model"))
     return d
 
 

@@ -10,6 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import train_fixtures
 from array_record.python.array_record_module import ArrayRecordReader
 
 from model import generate, tasks
@@ -17,7 +18,7 @@ from model.locca import LocCa, make_decode_fn
 from model.tokenizer import Tokenizer
 from pipelines import record as record_lib
 from training import data as data_lib
-from training import fake_data, model_fns, trainer
+from training import model_fns, trainer
 from training.checkpointing import restore_params
 from training.configs.locca import get_config
 
@@ -32,8 +33,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _train(tmp_path: Path, steps: int | None, batch: int | None) -> tuple[Path, object]:
-    fake_data.write_shards(str(tmp_path / "data"), num_records=1024, num_shards=4)
-    fake_data.write_tokenizer(str(tmp_path / "data" / "tok.model"))
+    train_fixtures.write_shards(str(tmp_path / "data"), num_records=1024, num_shards=4)
+    train_fixtures.write_tokenizer(str(tmp_path / "data" / "tok.model"))
     c = get_config("tiny")
     c.data.train_glob = str(tmp_path / "data" / "train-*.array_record")
     c.tokenizer = str(tmp_path / "data" / "tok.model")
@@ -54,7 +55,7 @@ def _aref_boxes(tmp_path: Path, workdir: Path, c, *, constrained: bool) -> tuple
     model = LocCa(ml_collections.ConfigDict(config["model"]))  # as eval would build it
     params = restore_params(str(workdir / "checkpoints" / str(c.total_steps) / "params"))
     tok = Tokenizer.load(c.tokenizer)
-    fake_data.write_shards(str(tmp_path / "held"), num_records=16, num_shards=1, seed=7)
+    train_fixtures.write_shards(str(tmp_path / "held"), num_records=16, num_shards=1, seed=7)
     dcfg = trainer.data_config(trainer.resolve_config(c, tok))
     dcfg.paths = str(tmp_path / "held" / "*.array_record")
     batch = next(data_lib.make_eval_iter(dcfg, tok, batch_size=16, process_index=0,

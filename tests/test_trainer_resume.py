@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import train_fixtures
 
-from training import fake_data, trainer
+from training import trainer
 from training.checkpointing import restore_params
 from training.configs.locca import get_config
 
@@ -26,8 +27,8 @@ TOTAL = 2 * N + 2
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("corpus")
-    fake_data.write_shards(str(d), num_records=40)
-    fake_data.write_tokenizer(str(d / "tok.model"))
+    train_fixtures.write_shards(str(d), num_records=40)
+    train_fixtures.write_tokenizer(str(d / "tok.model"))
     return d
 
 

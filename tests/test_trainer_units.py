@@ -173,10 +173,10 @@ def test_missing_inputs_are_one_clear_line(tmp_path):
 def test_bad_config_values_are_one_clear_line(tmp_path, key, value, message):
     """Each of these was a traceback (a ZeroDivisionError after the first step, a KeyError, a
     sharding error) instead of a line naming the flag."""
-    from training import fake_data
+    import train_fixtures
 
-    fake_data.write_shards(str(tmp_path), num_records=8)
-    fake_data.write_tokenizer(str(tmp_path / "tok.model"))
+    train_fixtures.write_shards(str(tmp_path), num_records=8)
+    train_fixtures.write_tokenizer(str(tmp_path / "tok.model"))
     c = get_config("micro")
     c.tokenizer = str(tmp_path / "tok.model")
     c.data.train_glob = str(tmp_path / "train-*.array_record")
@@ -194,10 +194,10 @@ def test_a_batch_the_devices_cannot_split_is_one_clear_line(tmp_path):
     import subprocess
     import sys
 
-    from training import fake_data
+    import train_fixtures
 
-    fake_data.write_shards(str(tmp_path), num_records=8)
-    fake_data.write_tokenizer(str(tmp_path / "tok.model"))
+    train_fixtures.write_shards(str(tmp_path), num_records=8)
+    train_fixtures.write_tokenizer(str(tmp_path / "tok.model"))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(

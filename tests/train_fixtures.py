@@ -38,7 +38,7 @@ def _example(rng: np.random.Generator, index: int, size: int) -> record_lib.Reco
     Image.fromarray(canvas).save(buf, format="JPEG", quality=95)
     caption = " and ".join(f"a {p}" for p in phrases)
     return record_lib.Record(
-        key=f"fake-{index:06d}", source="training/fake_data.py", image=buf.getvalue(),
+        key=f"fake-{index:06d}", source="tests/train_fixtures.py", image=buf.getvalue(),
         height=size, width=size, caption=caption, boxes=np.stack(boxes),
         phrases=tuple(phrases), scores=np.ones(len(phrases), np.float32),
         query_ranks=np.arange(len(phrases), dtype=np.int64), labeler="fake",
