@@ -138,7 +138,7 @@ def _data_lines(facts: Facts) -> list[str]:
     return [f"- Data: `{glob}` (manifest `{facts.manifest_path}`): {counts.get('read')} images "
             f"read, {counts.get('written')} records written, {counts.get('dead_lettered')} "
             f"dead-lettered, {counts.get('filtered')} filtered; {boxes.get('total')} pseudo-label "
-            f"boxes ({boxes.get('mean_per_image', 0):.2f} per image), labeller `{labeler}`."]
+            f"boxes ({boxes.get('mean_per_image', 0):.2f} per image), labeler `{labeler}`."]
 
 
 _LOAD_HF = """```python
@@ -179,7 +179,7 @@ def _limitations(facts: Facts) -> list[str]:
         "this repository's evaluation resize with OpenCV (area-averaging when shrinking over "
         "2x), so inputs, and features, can differ a little between the two.",
         "- The results above are on the evaluation data this run was scored on; read them with "
-        "the data's size and domain in mind. Pseudo-labels come from an automatic labeller and "
+        "the data's size and domain in mind. Pseudo-labels come from an automatic labeler and "
         "carry its errors and biases, as does the alt-text the captions come from.",
     ]
     if m.get("posemb") == "sincos2d":

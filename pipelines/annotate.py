@@ -22,7 +22,7 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false in the image if several SDK processes share 
 
 Outputs in --output: `{split}-{i:05d}-of-{n:05d}.array_record`, `manifest.json`,
 `dead_letters.jsonl`, `preview.html`, `preview.png`. See the module docstrings of sources, decode,
-queries, postprocess and shard_sink for each step's rules. Labellers: `reference` (ground-truth
+queries, postprocess and shard_sink for each step's rules. Labelers: `reference` (ground-truth
 regions in each sample's JSON, e.g. from pipelines/convert.py), `grit` (GRIT's noun_chunks /
 ref_exps, `--grit_spans`), `owlvit` (pseudo-labels). Empty alt-texts are dead-lettered as
 `empty_caption` (design.md) unless --keep_empty_captions; non-UTF-8 alt-texts as `caption_not_utf8`.
@@ -86,7 +86,7 @@ class AnnotateOptions(PipelineOptions):
         a("--max_pixels", type=int, default=64_000_000, help="decompression-bomb cap (w*h)")
         a("--min_image_side", type=int, default=8)
         a("--store_max_side", type=int, default=0, help="resize stored images; 0 keeps size")
-        a("--detect_max_side", type=int, default=1024, help="longest side given to the labeller")
+        a("--detect_max_side", type=int, default=1024, help="longest side given to the labeler")
         a("--jpeg_quality", type=int, default=90)
         a("--min_batch_size", type=int, default=1)
         a("--max_batch_size", type=int, default=16)

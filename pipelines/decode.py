@@ -1,7 +1,7 @@
 """Image decoding and validation for the annotate stage (Pillow only).
 
 `decode_image` turns untrusted bytes into (a) the JPEG to store in the record and (b) RGB pixels for
-the labeller, or raises `BadInput` with a short reason that becomes the dead-letter reason:
+the labeler, or raises `BadInput` with a short reason that becomes the dead-letter reason:
 
   empty_image        zero bytes
   not_an_image       Pillow cannot identify the format
@@ -49,7 +49,7 @@ class DecodeConfig:
       max_pixels: cap on width * height of the source image (decompression bombs).
       min_side: smallest accepted side in pixels.
       store_max_side: longest side of the stored copy (0 keeps the original size).
-      detect_max_side: longest side of the pixels handed to the labeller (0: original size).
+      detect_max_side: longest side of the pixels handed to the labeler (0: original size).
       jpeg_quality: quality of re-encoded JPEGs.
     """
 
@@ -64,7 +64,7 @@ class DecodeConfig:
 class DecodedImage:
     """Attributes:
     stored: JPEG bytes of the stored copy; height/width: its size.
-    pixels: uint8[h, w, 3] RGB for the labeller (longest side <= detect_max_side).
+    pixels: uint8[h, w, 3] RGB for the labeler (longest side <= detect_max_side).
     """
 
     stored: bytes

@@ -1,7 +1,7 @@
 """The annotate job's last step: runs once, after every shard is written.
 
 It fills in empty shards and removes stale ones (shard_sink.finalize_shards), writes manifest.json
-from the small side inputs the pipeline computed (counts by reason, box statistics, labeller
+from the small side inputs the pipeline computed (counts by reason, box statistics, labeler
 fingerprints, shard counts), and renders preview.html / preview.png from a deterministic sample.
 Every file is written under a temp name and renamed, so a retried step leaves whole files only.
 """

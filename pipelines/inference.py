@@ -1,9 +1,9 @@
-"""Beam RunInference glue: the element handed to the labeller and the ModelHandler that runs it.
+"""Beam RunInference glue: the element handed to the labeler and the ModelHandler that runs it.
 
-The labeller is loaded once per worker process by `load_model` (RunInference's shared-model idiom) and
+The labeler is loaded once per worker process by `load_model` (RunInference's shared-model idiom) and
 called on batches built by Beam's BatchElements. Decoding and validation happen before, in a ParDo with
 its own dead-letter output, because RunInference's error output drops a whole batch on one failure.
-The OWL-ViT labeller is imported only when it is asked for, so the pipeline runs without it.
+The OWL-ViT labeler is imported only when it is asked for, so the pipeline runs without it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ LABELERS = ("reference", "owlvit", "grit")  # keep in step with pipelines.annota
 
 @dataclasses.dataclass(frozen=True)
 class LabelerSpec:
-    """What to load on each worker: a labeller name and, for owlvit, a checkpoint path or hub id;
+    """What to load on each worker: a labeler name and, for owlvit, a checkpoint path or hub id;
     for grit, which span lists become regions."""
 
     name: str = "reference"
@@ -33,7 +33,7 @@ class LabelerSpec:
 
 
 def load_labeler(spec: LabelerSpec) -> Labeler:
-    """Builds the labeller; raises SystemExit with the fix when it cannot."""
+    """Builds the labeler; raises SystemExit with the fix when it cannot."""
     if spec.name == "reference":
         from pipelines.labelers.reference import ReferenceLabeler
 
@@ -79,11 +79,11 @@ class LabelerModelHandler(ModelHandler[Prepared, PredictionResult, Labeler]):
         ]
         detections: list[Detections] = model.detect(inputs)
         if len(detections) != len(batch):
-            raise RuntimeError(f"labeller returned {len(detections)} results for {len(batch)} inputs")
+            raise RuntimeError(f"labeler returned {len(detections)} results for {len(batch)} inputs")
         self._detect_us.inc(int((time.perf_counter() - start) * 1e6))
         fingerprint = model.fingerprint
         for p, d in zip(batch, detections, strict=True):
-            # The labeller is done with the pixels: don't carry them downstream.
+            # The labeler is done with the pixels: don't carry them downstream.
             yield PredictionResult(example=dataclasses.replace(p, pixels=None),
                                    inference=(d, fingerprint))
 

@@ -1,4 +1,4 @@
-"""The run's manifest: counts that add up, box statistics, configuration, labeller, shard list.
+"""The run's manifest: counts that add up, box statistics, configuration, labeler, shard list.
 
 `BoxStatsFn` is a mergeable Beam CombineFn over per-record summaries, so the statistics cost one small
 accumulator per worker at any scale. `build_manifest` assembles the JSON document and checks the

@@ -1,4 +1,4 @@
-"""From a labeller's raw candidates to the regions stored in a record (shared by every labeller).
+"""From a labeler's raw candidates to the regions stored in a record (shared by every labeler).
 
 Order, as in the OWL-ST recipe: each box takes its best query (argmax over queries; ties go to the
 earlier query) -> keep boxes whose score is at least `score_threshold` -> drop boxes with a side under
@@ -69,7 +69,7 @@ def select_regions(
 ) -> Regions:
     """Candidates (boxes float[P, 4], scores float[P, Q]) -> the regions kept for one image.
 
-    The Q score columns are the image's `queries`, or the labeller's own `detections.phrases`."""
+    The Q score columns are the image's `queries`, or the labeler's own `detections.phrases`."""
     if detections.phrases is not None:
         queries = list(detections.phrases)
     empty = Regions(np.zeros((0, 4), np.float32), (), np.zeros((0,), np.float32),
@@ -80,7 +80,7 @@ def select_regions(
         return empty
     if scores.shape != (boxes.shape[0], len(queries)):
         raise ValueError(
-            f"labeller returned scores of shape {scores.shape} for {boxes.shape[0]} boxes and "
+            f"labeler returned scores of shape {scores.shape} for {boxes.shape[0]} boxes and "
             f"{len(queries)} queries"
         )
     best = np.argmax(scores, axis=1)
@@ -88,7 +88,7 @@ def select_regions(
     # Finiteness before clipping: clip would turn [0.2, 0.2, inf, inf] into a real-looking box.
     finite = np.all(np.isfinite(boxes), axis=1)
     boxes = np.clip(np.where(finite[:, None], boxes, 0.0), 0.0, 1.0)
-    # A labeller may return corners in either order; normalize so ymin <= ymax, xmin <= xmax.
+    # A labeler may return corners in either order; normalize so ymin <= ymax, xmin <= xmax.
     boxes = np.stack([np.minimum(boxes[:, 0], boxes[:, 2]), np.minimum(boxes[:, 1], boxes[:, 3]),
                       np.maximum(boxes[:, 0], boxes[:, 2]), np.maximum(boxes[:, 1], boxes[:, 3])], 1)
     ok = np.isfinite(best_score) & finite

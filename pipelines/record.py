@@ -12,9 +12,9 @@ Keys (schema_version 1; WORKSPACE.md keeps the same table):
   caption           bytes    the alt-text, UTF-8 (may be empty: such images are still useful negatives)
   regions/bbox      float    N*4, normalized [ymin, xmin, ymax, xmax] in [0, 1] (TFDS convention)
   regions/phrase    bytes    N, UTF-8 phrase (the best query) of each box
-  regions/score     float    N, labeller score of each box for its phrase
+  regions/score     float    N, labeler score of each box for its phrase
   regions/query_rank int64   N, index of the phrase in the image's query list (provenance)
-  labeler           bytes    labeller name + checkpoint fingerprint
+  labeler           bytes    labeler name + checkpoint fingerprint
   schema_version    int64    SCHEMA_VERSION
 
 Only numpy and protobuf are needed here, so every stage can import this module.

@@ -34,13 +34,13 @@ DEAD, FILTERED, READ, NOTE, SUMMARY, LABELER, PREVIEW = (
 
 @dataclasses.dataclass
 class Prepared:
-    """A decoded, validated sample ready for the labeller.
+    """A decoded, validated sample ready for the labeler.
 
     Attributes:
       image: JPEG bytes of the stored copy, `height` x `width` pixels.
-      pixels: uint8[h, w, 3] RGB for the labeller (dropped after detection).
+      pixels: uint8[h, w, 3] RGB for the labeler (dropped after detection).
       queries: n-gram queries of the caption.
-      metadata: the sample's JSON (ground-truth regions for the reference labeller).
+      metadata: the sample's JSON (ground-truth regions for the reference labeler).
     """
 
     key: str
@@ -169,7 +169,7 @@ class ToRecordFn(beam.DoFn):
 
     Side outputs for the manifest: SUMMARY (box statistics), LABELER (fingerprint), PREVIEW
     (a deterministic hash rank + record bytes, so the preview sample is the same on every run),
-    NOTE (one per candidate the labeller dropped, by reason).
+    NOTE (one per candidate the labeler dropped, by reason).
     """
 
     def __init__(self, post: PostprocessConfig, *, num_shards: int, require_boxes: bool):
@@ -182,7 +182,7 @@ class ToRecordFn(beam.DoFn):
         start = time.perf_counter()
         p: Prepared = result.example
         detections, fingerprint = result.inference
-        for note in detections.notes:  # candidates the labeller dropped (bad GRIT chunks)
+        for note in detections.notes:  # candidates the labeler dropped (bad GRIT chunks)
             Metrics.counter(NS, f"note/{note}").inc()
             yield beam.pvalue.TaggedOutput(NOTE, note)
         try:

@@ -1,4 +1,4 @@
-"""The annotate stage's pieces on their own: decode, sources, post-processing, reference labeller,
+"""The annotate stage's pieces on their own: decode, sources, post-processing, reference labeler,
 shard sink, preview. Fast (no Beam pipeline); the end-to-end runs are in test_annotate_pipeline.py."""
 
 import io

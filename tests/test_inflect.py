@@ -1,4 +1,4 @@
-"""The reference labeller's plural and number-word rule (pipelines/labelers/inflect.py)."""
+"""The reference labeler's plural and number-word rule (pipelines/labelers/inflect.py)."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ _POSITION_WORDS = set("left right top bottom leftmost rightmost upper lower abov
 def test_some_alt_texts_use_referring_expressions_from_region_names():
     """~37% of alt-texts describe objects as refexp.py does; each expression is one of the
     region's names, appears whole in the alt-text's queries and is the longest of that region's
-    names there (so the reference labeller gives the box that expression)."""
+    names there (so the reference labeler gives the box that expression)."""
     from pipelines.queries import queries_from_alt_text
 
     metas = [json.loads(web.make_sample(SEED, i)[3]) for i in range(300)]

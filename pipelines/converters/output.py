@@ -4,7 +4,7 @@ Per sample `{key}.jpg` (the original image bytes, not re-encoded; `.png` for PNG
 `{key}.json` and `{key}.txt`, in that order, as the sample corpus writes them
 (pipelines/corpus/web.py); `shard-00000.tar`, ... of `shard_size` samples each. The JSON carries
 img2dataset's fields (key, caption, width, height, status) and the ground truth the `reference`
-labeller reads: `regions = [{"bbox": [ymin, xmin, ymax, xmax] normalized, "phrase", "names"}]`.
+labeler reads: `regions = [{"bbox": [ymin, xmin, ymax, xmax] normalized, "phrase", "names"}]`.
 
 Every input image is counted once as written or dead-lettered (by reason, also in
 `dead_letters.jsonl`), and every input region as kept or dropped (by reason): `convert.json` holds

@@ -13,7 +13,7 @@ Two forms:
 
 Every object mention is one of that object's region `names`: a plain mention is one of its
 `vocab.names_for` phrases, and each referring expression used is returned in `AltText.expressions`
-so that `annotations.region` adds it to the names. The reference labeller then matches the whole
+so that `annotations.region` adds it to the names. The reference labeler then matches the whole
 expression, which outscores the "red star" inside it; an expression no longer than another name of
 its object elsewhere in the text (a twin's "pink square" vs "left square") is not used.
 """
@@ -208,7 +208,7 @@ def referring_alt_text(scene: RenderedScene, rng: np.random.Generator) -> AltTex
             m = expression[i] if i in use else f"{vocab.article(plain[i])} {plain[i]}"
             if m not in mentions:  # twins: "a red star and a red star" reads as a bug
                 mentions.append(m)
-        # The reference labeller gives a box the longest exact name among the n-grams; ties go
+        # The reference labeler gives a box the longest exact name among the n-grams; ties go
         # to the earlier one. An expression must outscore every other name of its object that
         # the rest of the text contains ("left square" vs a twin's "pink square"), or that
         # object would be labelled by the other name -- so such an expression is not used.

@@ -1,11 +1,11 @@
 """Ground truth of a rendered scene: region dicts and the per-image scene label.
 
-The region dict is the contract with the `reference` labeller and the tests:
+The region dict is the contract with the `reference` labeler and the tests:
   {"bbox": [ymin, xmin, ymax, xmax] normalized visible extent, "phrase": "red star",
    "names": every phrase naming the object (`vocab.names_for`, then the referring expressions),
    "expressions": the referring expressions the image's alt-text uses for it, lowercase (mostly []),
    "shape", "color", "size", "occluded_fraction"}.
-Listing the expressions in `names` lets the labeller match "the red star on the left" as a whole:
+Listing the expressions in `names` lets the labeler match "the red star on the left" as a whole:
 an exact match scores by its word count, so it wins over the "red star" inside it.
 """
 

@@ -1,7 +1,7 @@
-"""The labeller interface: image + text queries -> candidate boxes with per-query scores.
+"""The labeler interface: image + text queries -> candidate boxes with per-query scores.
 
-Every labeller (`owlvit`, `reference`, `grit`) returns raw candidates; thresholding, NMS, the per-image cap
-and phrase assignment happen once, in `pipelines.postprocess`, so both labellers share that logic.
+Every labeler (`owlvit`, `reference`, `grit`) returns raw candidates; thresholding, NMS, the per-image cap
+and phrase assignment happen once, in `pipelines.postprocess`, so both labelers share that logic.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class LabelerInput:
     Attributes:
       image: uint8[H, W, 3] RGB pixels of the stored image.
       queries: the image's text queries (n-grams of its alt-text, maybe plus categories).
-      metadata: the sample's JSON metadata (the `reference` labeller reads ground truth from it).
+      metadata: the sample's JSON metadata (the `reference` labeler reads ground truth from it).
       caption: the alt-text as stored (whitespace stripped, maybe cut at max_caption_chars).
     """
 
@@ -39,9 +39,9 @@ class Detections:
       boxes: float32[P, 4] normalized [ymin, xmin, ymax, xmax] of the original (unpadded) image.
       scores: float32[P, Q] score in [0, 1] of every box for every query (Q = len(queries)).
       objectness: float32[P] or None (OWL-ViT v2 only).
-      phrases: None, or the Q phrases the score columns stand for when the labeller brings its own
+      phrases: None, or the Q phrases the score columns stand for when the labeler brings its own
         (`grit`: spans of the caption) instead of scoring the image's queries.
-      notes: one reason per input candidate the labeller dropped (counted in the manifest's notes).
+      notes: one reason per input candidate the labeler dropped (counted in the manifest's notes).
     """
 
     boxes: np.ndarray

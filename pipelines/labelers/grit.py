@@ -1,4 +1,4 @@
-"""The `grit` labeller: boxes that GRIT (Kosmos-2's grounded web pairs) ships with each caption.
+"""The `grit` labeler: boxes that GRIT (Kosmos-2's grounded web pairs) ships with each caption.
 
 GRIT's published format (the zzliang/GRIT dataset card on Hugging Face; img2dataset keeps the
 columns with `--save_additional_columns '["noun_chunks","ref_exps",...]'`, in the parquet columns
@@ -8,7 +8,7 @@ normalised to [0, 1] of the image's width (x) and height (y).
 
 Each chunk becomes one candidate: the phrase is `caption[start:end]`, the box
 [y_min, x_min, y_max, x_max], the score GRIT's own. The shared post-processing (threshold, NMS,
-max boxes) then runs as for every labeller. Bad chunks are dropped and counted by reason, never
+max boxes) then runs as for every labeler. Bad chunks are dropped and counted by reason, never
 failing the job: `grit/malformed_chunk` (not 7 numbers), `grit/offsets_out_of_range`,
 `grit/empty_span` (only whitespace), `grit/box_not_finite` (NaN or inf, score included),
 `grit/box_outside_unit` (a coordinate outside [0, 1]), `grit/box_inverted` (min above max).
@@ -59,7 +59,7 @@ def _caption(item: LabelerInput) -> str:
 
 
 class GritLabeler(Labeler):
-    """Labeller over GRIT's noun chunks and/or referring expressions; needs no model."""
+    """Labeler over GRIT's noun chunks and/or referring expressions; needs no model."""
 
     name = "grit"
 

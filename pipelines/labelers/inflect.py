@@ -1,6 +1,6 @@
 """A rule-based English singulariser for phrase matching (no model, no download).
 
-The `reference` labeller compares alt-text queries with region names after mapping both to a
+The `reference` labeler compares alt-text queries with region names after mapping both to a
 canonical form, so "giraffes" finds a region named "giraffe" and "two zebras" finds "zebra":
 
   canonical(text) = the normalized words, number words dropped ("two", "3", "several", ...),

@@ -1,4 +1,4 @@
-"""The `reference` labeller: answers from ground-truth regions shipped in the sample's JSON.
+"""The `reference` labeler: answers from ground-truth regions shipped in the sample's JSON.
 
 Corpora that already carry boxes (the synthetic sample corpus, GRIT-style data, COCO instances) list
 them as `metadata["regions"] = [{"bbox": [ymin, xmin, ymax, xmax] (normalized), "phrase": str,
@@ -85,7 +85,7 @@ def score_matrix(names: list[list[str]], queries: list[str]) -> np.ndarray:
 
 
 class ReferenceLabeler(Labeler):
-    """Labeller over the input's own ground-truth regions; needs no model."""
+    """Labeler over the input's own ground-truth regions; needs no model."""
 
     name = "reference"
 

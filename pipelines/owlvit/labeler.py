@@ -1,4 +1,4 @@
-"""The OWL-ViT labeller of the annotate stage: images + n-gram queries -> boxes, per-query scores.
+"""The OWL-ViT labeler of the annotate stage: images + n-gram queries -> boxes, per-query scores.
 
 Speed comes from doing less work, exactly (the OWL-ST workload is up to 300 queries per image):
   - queries are deduplicated across the batch and their (template-ensembled) embeddings are kept in
@@ -42,7 +42,7 @@ def _bucket(n: int, smallest: int, largest: int) -> int:  # image batch sizes
 
 @functools.lru_cache(maxsize=8)
 def _jitted(cfg, dtype: str):
-    """(image_fn, text_fn) jitted once per (config, dtype): labellers of one model share programs."""
+    """(image_fn, text_fn) jitted once per (config, dtype): labelers of one model share programs."""
     model = OwlViT(cfg, dtype=_DTYPES[dtype])
     image_fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=OwlViT.embed_image))
     text_fn = jax.jit(lambda p, i, pos, m, e: model.apply(
@@ -56,7 +56,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 class OwlVitLabeler(Labeler):
-    """OWL-ViT v1 / OWLv2 pseudo-labeller (JAX). Build with `from_checkpoint`."""
+    """OWL-ViT v1 / OWLv2 pseudo-labeler (JAX). Build with `from_checkpoint`."""
 
     name = "owlvit"
 

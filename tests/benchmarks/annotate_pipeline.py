@@ -1,4 +1,4 @@
-"""Benchmark: records/s of the whole annotate pipeline (DirectRunner, `reference` labeller) against a
+"""Benchmark: records/s of the whole annotate pipeline (DirectRunner, `reference` labeler) against a
 plain-Python loop doing the same work over the same tars, measured in the same run.
 
   .venv/bin/python tests/benchmarks/annotate_pipeline.py --num 2000
