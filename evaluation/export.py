@@ -6,7 +6,7 @@
     OUT/transformers/config.json, model.safetensors, preprocessor_config.json + README.md
                                                     a transformers SiglipVisionModel
 
-Both formats are written from one gather of the encoder (vit_checkpoint.encoder_arrays), both
+Both formats are written from one gather of the encoder (vit_weights.encoder_arrays), both
 load back with `--config.init.encoder_npz=PATH` (training) or `encoder=PATH` (the frozen-encoder
 evaluators), and the card (evaluation/model_card.py) states the config, data counts and
 results at the exported step.
@@ -42,15 +42,15 @@ def export(workdir: str, output: str, *, step: int | None = None,
            ) -> dict[str, Path]:
     """Writes each format's files and README.md under OUTPUT/<format>/; returns their dirs."""
     from evaluation import watch
-    from evaluation.checkpoint import TrainRun
-    from model import hf_siglip, vit_checkpoint
+    from evaluation.train_run import TrainRun
+    from model import hf_siglip, vit_weights
 
     unknown = sorted(set(formats) - set(model_card.FORMATS))
     if unknown:
         raise ValueError(f"unknown --formats {unknown}: use a subset of {model_card.FORMATS}")
     run = TrainRun.load(workdir)
     step = watch.resolve_step(workdir, step)
-    flat = vit_checkpoint.encoder_arrays(run.restore_params(watch.step_path(workdir, step)))
+    flat = vit_weights.encoder_arrays(run.restore_params(watch.step_path(workdir, step)))
     facts = model_card.gather(workdir, step)
     out = {}
     for fmt in formats:
@@ -58,7 +58,7 @@ def export(workdir: str, output: str, *, step: int | None = None,
         if fmt == "transformers":
             hf_siglip.write(flat, run.model_config, str(target))
         else:
-            vit_checkpoint.write_npz(flat, str(target / "encoder.npz"))
+            vit_weights.write_npz(flat, str(target / "encoder.npz"))
         (target / "README.md").write_text(model_card.render(facts, fmt, license_id, output))
         out[fmt] = target
     return out

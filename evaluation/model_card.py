@@ -155,11 +155,11 @@ with torch.no_grad():
 
 _LOAD_BV = """```python
 import numpy as np
-from model import vit_checkpoint  # this repository; keys are big_vision's ViT names
+from model import vit_weights  # this repository; keys are big_vision's ViT names
 
 flat = dict(np.load("PATH/big_vision/encoder.npz"))  # {"Transformer/encoder_norm/scale": ...}
 # init_params: the ViT params tree to fill; every name and shape must match (strict).
-params = vit_checkpoint.load_vit_params("PATH/big_vision/encoder.npz", init_params)
+params = vit_weights.load_vit_params("PATH/big_vision/encoder.npz", init_params)
 ```
 A new LocCa run starts from it with `--config.init.encoder_npz=PATH/big_vision/encoder.npz` (the
 transformers directory works there too), and the frozen-encoder transfer evaluation reads it with

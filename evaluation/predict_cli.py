@@ -120,16 +120,16 @@ def _file_query(task: str, line: dict) -> Query:
 
 def load_params(workdir: str, step: int | None, encoder: str | None, tokenizer: str | None):
     """(TrainRun, params, step) of the latest (or given) complete checkpoint; `encoder` replaces
-    the checkpoint's encoder with an exported one (strictly, model/vit_checkpoint.py)."""
+    the checkpoint's encoder with an exported one (strictly, model/vit_weights.py)."""
     from evaluation import watch
-    from evaluation.checkpoint import TrainRun
-    from model import vit_checkpoint
+    from evaluation.train_run import TrainRun
+    from model import vit_weights
 
     run = TrainRun.load(workdir, tokenizer)
     step = watch.resolve_step(workdir, step)
     params = dict(run.restore_params(watch.step_path(workdir, step)))
     if encoder:
-        params["img"] = vit_checkpoint.load_vit_params(encoder, params["img"])
+        params["img"] = vit_weights.load_vit_params(encoder, params["img"])
     return run, params, step
 
 

@@ -25,9 +25,9 @@ from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from evaluation import plots, watch  # noqa: E402
-from evaluation.checkpoint import CheckpointMismatch, TrainRun  # noqa: E402
 from evaluation.evaluators import base  # noqa: E402
 from evaluation.results import ResultsStore  # noqa: E402
+from evaluation.train_run import CheckpointMismatch, TrainRun  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file[:variant]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "training workdir (has config.json, checkpoints/)")

@@ -4,7 +4,7 @@
                                                      # preprocessor_config.json
     flat = read("out/transformers")                  # the big_vision names again
 
-`flat` is `vit_checkpoint.encoder_arrays(params)`: the same arrays the big_vision `.npz` export
+`flat` is `vit_weights.encoder_arrays(params)`: the same arrays the big_vision `.npz` export
 writes, so both formats come from one gather. SigLIP's vision tower is our ViT exactly when the
 ViT has no [cls] token and no pooling head: patch conv, position embedding added to the patch
 tokens (ours, fixed sin/cos or learned, is stored as values: SigLIP's is a table), pre-LN blocks

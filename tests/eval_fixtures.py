@@ -101,7 +101,7 @@ def random_head_run(root: Path, num_eval: int = 40, num_loc: int = 1024):
     import jax
     from flax import traverse_util
 
-    from evaluation.checkpoint import TrainRun
+    from evaluation.train_run import TrainRun
     from model.locca import init_params
 
     eval_dir = make_corpus(root / "corpus", num_eval=num_eval)

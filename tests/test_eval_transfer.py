@@ -3,8 +3,8 @@
 import pytest
 from eval_fixtures import evaluator_config, make_corpus, make_tokenizer, make_workdir
 
-from evaluation.checkpoint import TrainRun
 from evaluation.evaluators import base
+from evaluation.train_run import TrainRun
 from evaluation.watch import step_path
 
 

@@ -83,8 +83,8 @@ def test_checkpoints_restore_from_relative_paths(tmp_path, tok, monkeypatch):
     import jax
     import numpy as np
 
-    from evaluation.checkpoint import TrainRun
-    from training.checkpointing import restore_params
+    from evaluation.train_run import TrainRun
+    from training.train_checkpoints import restore_params
 
     tok_path, t = tok
     make_workdir(tmp_path / "run", tok_path, t.vocab_size, steps=(1,))
@@ -100,7 +100,7 @@ def test_checkpoints_restore_from_relative_paths(tmp_path, tok, monkeypatch):
 
 def test_config_json_of_old_and_new_runs_loads(tmp_path, tok):
     """Runs before issue 20 also recorded the training setting parallel_prob under "model"."""
-    from evaluation.checkpoint import TrainRun
+    from evaluation.train_run import TrainRun
 
     tok_path, t = tok
     make_workdir(tmp_path / "new", tok_path, t.vocab_size, steps=(), done=False)
@@ -120,7 +120,7 @@ def test_watch_evaluates_the_newest_step_from_a_params_only_copy(tmp_path, tok):
     import numpy as np
 
     from evaluation import watch
-    from evaluation.checkpoint import TrainRun
+    from evaluation.train_run import TrainRun
 
     tok_path, tokenizer = tok
     workdir = tmp_path / "run"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from evaluation import export, model_card
-from evaluation.checkpoint import TrainRun
+from evaluation.train_run import TrainRun
 
 RESULTS = [  # step 2 is exported; the interval comes as row fields or as sibling rows
     {"step": 2, "evaluator": "rec", "split": "val", "metric": "acc@0.5", "value": 0.25,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from evaluation.images import load_image, to_model_range
-from model import hf_siglip, vit_checkpoint
+from model import hf_siglip, vit_weights
 from model.configs import get_config
 from model.vit import ViT
 
@@ -61,7 +61,7 @@ def test_siglip_last_hidden_state_matches_our_encoder(tmp_path, coco_mini, varia
     params = perturbed_params(c)
     images = photos(coco_mini, int(c.image_size))
     ours = np.asarray(jax.jit(lambda p, x: _vit(c).apply({"params": p}, x)[0])(params, images))
-    flat = vit_checkpoint.encoder_arrays(params)
+    flat = vit_weights.encoder_arrays(params)
     hf_siglip.write(flat, c, str(tmp_path / "hf"))
     theirs = siglip_output(tmp_path / "hf", images)
     assert theirs.shape == ours.shape == (len(images), (c.image_size // c.patch_size) ** 2,
@@ -74,14 +74,14 @@ def test_siglip_last_hidden_state_matches_our_encoder(tmp_path, coco_mini, varia
 def test_export_reads_back_and_loads_into_a_fresh_model(tmp_path):
     c = get_config("tiny", posemb="sincos2d")
     params = perturbed_params(c, seed=1)
-    flat = vit_checkpoint.encoder_arrays(params)
+    flat = vit_weights.encoder_arrays(params)
     hf_siglip.write(flat, c, str(tmp_path / "hf"))
     back = hf_siglip.read(str(tmp_path / "hf"))
     assert set(back) == set(flat) | {"pos_embedding"}  # the fixed posemb is stored as values
     for k, v in flat.items():
         np.testing.assert_array_equal(back[k], v)
     zeros = jax.tree.map(np.zeros_like, params)
-    loaded = vit_checkpoint.load_vit_params(str(tmp_path / "hf"), zeros)  # sincos: posemb dropped
+    loaded = vit_weights.load_vit_params(str(tmp_path / "hf"), zeros)  # sincos: posemb dropped
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
 
@@ -89,6 +89,6 @@ def test_heads_and_cls_tokens_are_refused_in_one_line(tmp_path):
     c = get_config("tiny", pool_type="tok")
     shapes = jax.eval_shape(lambda r: _vit(c).init(r, jnp.zeros((1, 112, 112, 3)))["params"],
                             jax.random.key(0))
-    flat = vit_checkpoint.encoder_arrays(jax.tree.map(lambda s: np.zeros(s.shape), shapes))
+    flat = vit_weights.encoder_arrays(jax.tree.map(lambda s: np.zeros(s.shape), shapes))
     with pytest.raises(hf_siglip.ExportError, match="pool_type 'tok'"):
         hf_siglip.write(flat, c, str(tmp_path / "hf"))

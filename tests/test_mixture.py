@@ -110,7 +110,7 @@ def test_killed_mixture_training_resumes_exactly(sets, tmp_path):
     import train_fixtures
     from test_trainer_resume import _leaves, batch_hashes, wait_for_checkpoint
 
-    from training.checkpointing import restore_params
+    from training.train_checkpoints import restore_params
 
     train_fixtures.write_tokenizer(str(tmp_path / "tok.model"))
     mix = f"(('web', '{sets[0]}', 0.8), ('vg', '{sets[1]}', 0.2))"

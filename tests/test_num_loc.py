@@ -81,7 +81,7 @@ def test_evaluators_decode_and_read_out_in_the_tokenizers_bins(setup):
 
 def test_a_checkpoint_trained_with_other_bins_is_one_clear_error(setup):
     root, run, _, _ = setup
-    from evaluation.checkpoint import CheckpointMismatch, TrainRun
+    from evaluation.train_run import CheckpointMismatch, TrainRun
 
     config = json.loads((root / "run" / "config.json").read_text())
     config["model"]["num_loc"] = 1024

@@ -87,8 +87,8 @@ def test_predict_each_task_writes_json_pngs_and_escaped_html(tiny_run, photo_dir
 
 def test_rec_boxes_equal_the_rec_evaluator(tiny_run, tmp_path):
     from evaluation import watch
-    from evaluation.checkpoint import TrainRun
     from evaluation.evaluators import base
+    from evaluation.train_run import TrainRun
 
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir)  # the evaluator writes eval/predictions/ into it

@@ -14,8 +14,8 @@ import pytest
 import train_fixtures
 
 from training import trainer
-from training.checkpointing import restore_params
 from training.configs.locca import get_config
+from training.train_checkpoints import restore_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3

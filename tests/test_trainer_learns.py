@@ -19,8 +19,8 @@ from model.tokenizer import Tokenizer
 from pipelines import record as record_lib
 from training import data as data_lib
 from training import model_fns, trainer
-from training.checkpointing import restore_params
 from training.configs.locca import get_config
+from training.train_checkpoints import restore_params
 
 STEPS = 300
 

@@ -16,8 +16,8 @@ import pytest
 import train_fixtures
 
 from training import trainer
-from training.checkpointing import restore_params
 from training.configs.locca import get_config
+from training.train_checkpoints import restore_params
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 3  # kill after step N's checkpoint; the run goes to 2N + 2 so the kill lands mid-run

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from model.locca import LocCa, init_params
-from model.vit_checkpoint import host_array, load_vit_params
+from model.vit_weights import host_array, load_vit_params
 from training import loc_targets, model_fns, sharding
 from training.optim import trainable_labels
 

@@ -24,13 +24,13 @@ from etils import epath
 
 from model.locca import DTYPES, LocCa, init_params
 from model.tokenizer import Tokenizer
-from model.vit_checkpoint import export_encoder
+from model.vit_weights import export_encoder
 from training import data as data_lib
 from training import metrics as metrics_lib
 from training import mixture, model_fns, sharding
 from training import train_state as ts
-from training.checkpointing import Checkpointer
 from training.optim import make_optimizer
+from training.train_checkpoints import Checkpointer
 
 
 def _fail(message: str) -> None:

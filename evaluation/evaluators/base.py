@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from evaluation.checkpoint import TrainRun
+from evaluation.train_run import TrainRun
 
 
 @dataclasses.dataclass

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import ml_collections
 
-from evaluation.checkpoint import TrainRun
 from evaluation.data.coco import load_captions
 from evaluation.data.refcoco import load_refs
 from evaluation.evaluators import base
 from evaluation.metrics import caption_scores
+from evaluation.train_run import TrainRun
 from model import tasks
 
 

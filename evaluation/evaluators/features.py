@@ -4,7 +4,7 @@ The encoder is either the checkpoint's own `params["img"]` (config encoder="chec
 default: one result per step) or an exported one (encoder="PATH": a big_vision-format `.npz`,
 e.g. WORKDIR/encoder.npz or another run's, such as a plain captioner's, so two pretrainings can be
 compared on equal terms, or a transformers export directory from evaluation/export.py; "{workdir}"
-in the path is replaced). It is loaded strictly through model/vit_checkpoint.py into a ViT built
+in the path is replaced). It is loaded strictly through model/vit_weights.py into a ViT built
 from the run's model config.
 Features are computed once per (encoder, image set) and step, and shared between evaluators.
 """
@@ -34,7 +34,7 @@ def encoder_params(source: str, ctx: base.StepContext, shared: dict) -> tuple[st
     """(cache key, ViT params) for `source` ("checkpoint" or an .npz path)."""
     if source == "checkpoint":
         return f"step{ctx.step}", ctx.params["img"]
-    from model import vit_checkpoint
+    from model import vit_weights
 
     path = source.replace("{workdir}", ctx.run.workdir)
     key = ("npz", path)
@@ -44,7 +44,7 @@ def encoder_params(source: str, ctx: base.StepContext, shared: dict) -> tuple[st
         init = jax.eval_shape(lambda r: vit.init(r, jnp.zeros((1, size, size, 3)))["params"],
                               jax.random.key(0))
         init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
-        shared[key] = vit_checkpoint.load_vit_params(path, init)
+        shared[key] = vit_weights.load_vit_params(path, init)
     return path, shared[key]
 
 

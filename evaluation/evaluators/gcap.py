@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import ml_collections
 from etils import epath
 
-from evaluation.checkpoint import TrainRun
 from evaluation.data.refcoco import load_rec, load_refs
 from evaluation.evaluators import base
 from evaluation.metrics import caption_scores, simple_tokenize
+from evaluation.train_run import TrainRun
 from model import tasks
 
 

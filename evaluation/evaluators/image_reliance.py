@@ -26,10 +26,10 @@ from collections.abc import Iterator, Sequence
 import ml_collections
 import numpy as np
 
-from evaluation.checkpoint import TrainRun
 from evaluation.data.coco import load_captions
 from evaluation.data.refcoco import load_rec
 from evaluation.evaluators import base
+from evaluation.train_run import TrainRun
 from model import tasks
 
 

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
-from evaluation.checkpoint import TrainRun
 from evaluation.data.coco import load_image_labels
 from evaluation.data.refcoco import load_refs
 from evaluation.evaluators import base
 from evaluation.evaluators.features import features
+from evaluation.train_run import TrainRun
 
 
 def ridge_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,

@@ -41,10 +41,10 @@ from collections.abc import Iterator, Sequence
 import ml_collections
 import numpy as np
 
-from evaluation.checkpoint import TrainRun
 from evaluation.data.refcoco import RecExample, load_rec
 from evaluation.evaluators import base
 from evaluation.metrics import rec_scores
+from evaluation.train_run import TrainRun
 from model import tasks
 
 EDGES = ("y1", "x1", "y2", "x2")  # the order of a box's location tokens (model/tasks.py)

@@ -12,8 +12,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from evaluation.checkpoint import TrainRun
 from evaluation.evaluators import base
+from evaluation.train_run import TrainRun
 
 
 class Evaluator:

@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 import ml_collections
 import numpy as np
 
-from evaluation.checkpoint import TrainRun
 from evaluation.data.refcoco import load_rec, load_refs
 from evaluation.evaluators import base
 from evaluation.evaluators.rec_common import (
@@ -38,6 +37,7 @@ from evaluation.evaluators.rec_common import (
     split_metrics,
     write_predictions,
 )
+from evaluation.train_run import TrainRun
 
 # How location tokens are chosen: the argmax (the paper) or the expected bin (model/generate.py).
 LOC_DECODES = ("argmax", "expected")

@@ -20,12 +20,12 @@ import ml_collections
 import numpy as np
 
 from evaluation import transfer_decoder as td
-from evaluation.checkpoint import TrainRun
 from evaluation.data.refcoco import load_rec
 from evaluation.evaluators import base
 from evaluation.evaluators.features import features
 from evaluation.evaluators.rec_common import predict_boxes, split_metrics, write_predictions
 from evaluation.metrics import rec_scores
+from evaluation.train_run import TrainRun
 
 
 class Evaluator:

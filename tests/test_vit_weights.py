@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model import vit_checkpoint as ckpt
+from model import vit_weights as ckpt
 from model.configs import get_config
 from model.locca import LocCa, param_shapes
 from model.vit import ViT
