@@ -3,6 +3,7 @@
 import json
 import multiprocessing as mp
 import os
+import time
 
 from evaluation.plots import plot_curves
 from evaluation.results import ResultsStore, split_name
@@ -41,14 +42,15 @@ def test_restart_skips_done_and_breaks_dead_claims(tmp_path):
     assert not ResultsStore(tmp_path).try_claim(1, "rec")  # done: a restart skips it
     # A claim left by a job that died (same host, pid gone) is broken by the next job.
     claim = tmp_path / "claims" / f"{2:012d}-rec.claim"
-    claim.write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 12345, "time": 0}))
+    claim.write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 12345,
+                                 "time": time.time()}))
     assert ResultsStore(tmp_path).try_claim(2, "rec")
     # A live claim (this process) is respected.
     assert not ResultsStore(tmp_path).try_claim(2, "rec")
-    # A torn last line (writer killed mid-write) is ignored by readers.
-    with open(tmp_path / "results.jsonl", "a") as f:
-        f.write('{"step": 3, "evalu')
-    assert {(r["step"], r["evaluator"]) for r in store.read()} == {(1, "rec")}
+    # A second result for a recorded pair is discarded: the first one stands.
+    assert store.write(1, "rec", [("val/acc@0.5", 0.9)]) == []
+    assert [r["value"] for r in store.read()] == [0.5]
+    assert json.loads((tmp_path / "results.jsonl").read_text())["value"] == 0.5
 
 
 def test_split_name_and_curves(tmp_path):

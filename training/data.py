@@ -50,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Data config fields (the trainer's `config.data`)."""
     c = ml_collections.ConfigDict()
     c.paths = ""  # glob (or list of globs) of ArrayRecord shards; local or gs://
+    c.cache_dir = ""  # local copies of gs:// shards (training/shard_cache.py); "": the temp dir
     c.image_size = 224  # output side S; images are squashed to S x S
     c.image_dtype = "uint8"  # "uint8": [0, 255], scaled on device; "float32": value_range on host
     c.value_range = (-1.0, 1.0)  # float32 pixel range; uint8 images always map to [-1, 1]
@@ -107,6 +108,13 @@ def expand_paths(patterns: str | Sequence[str]) -> list[str]:
             raise DataError(f"no shards match {pattern!r}; check data.paths")
         out.extend(sorted(found))
     return out
+
+
+def shard_files(config: ml_collections.ConfigDict) -> list[str]:
+    """config.paths expanded, with cloud shards replaced by local copies (training/shard_cache)."""
+    from training import shard_cache
+
+    return shard_cache.stage(expand_paths(config.paths), str(config.get("cache_dir", "")))
 
 
 class ExampleTransform(grain.transforms.RandomMap):
@@ -255,7 +263,7 @@ def _record_indices(
     the same. The seed is the one Grain gives a `random_map` at this point of the graph, so
     BatchTransform draws exactly what make_examples' RandomMap draws.
     """
-    source = grain.sources.ArrayRecordDataSource(expand_paths(config.paths))
+    source = grain.sources.ArrayRecordDataSource(shard_files(config))
     ds = grain.MapDataset.range(len(source)).seed(seed)
     if train and config.shuffle:
         ds = ds.shuffle()
@@ -278,7 +286,7 @@ def make_examples(
     The reference the batched loader is tested against: make_train_iter's batches are these
     examples, batched, computed one batch per Grain element (BatchTransform).
     """
-    paths = expand_paths(config.paths)
+    paths = shard_files(config)
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths)).seed(seed)
     if train and config.shuffle:
         ds = ds.shuffle()

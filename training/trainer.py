@@ -88,6 +88,9 @@ def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _write_atomic(path: epath.Path, text: str) -> None:
+    if "://" in str(path):  # an object appears whole when its upload ends; stores have no rename
+        path.write_text(text)
+        return
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)  # atomic on POSIX; overwrites (a restart rewrites config.json)
