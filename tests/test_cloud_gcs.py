@@ -87,3 +87,17 @@ def test_annotate_gs_to_gs_equals_local(gcs, tmp_path):
         assert json.loads(dead[0])["source"].startswith(f"gs://{bucket}/corpus/")
     assert runs["tar"][0]["counts"]["written"] == 8
     assert runs["parquet"][0]["counts"]["written"] == 4
+
+    # The tokenizer trains from the gs:// shards and writes its model there: the same model.
+    from etils import epath
+
+    from pipelines import train_tokenizer
+
+    common = ["--vocab_size=1320", "--model_type=bpe"]
+    train_tokenizer.main([f"--input={tmp_path}/out-tar/train-*.array_record",
+                          f"--output={tmp_path}/tok.model", *common])
+    train_tokenizer.main([f"--input=gs://{bucket}/shards-tar/train-*.array_record",
+                          f"--output=gs://{bucket}/tok.model", *common])
+    assert epath.Path(f"gs://{bucket}/tok.model").read_bytes() == (tmp_path / "tok.model").read_bytes()
+    assert epath.Path(f"gs://{bucket}/tok.model.json").read_text() == \
+        (tmp_path / "tok.model.json").read_text()
