@@ -117,8 +117,23 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def check_cloud_access(paths: list[str]) -> None:
+    """A cloud path the run needs is reachable; one readable line otherwise (no traceback)."""
+    for path in paths:
+        if "://" not in str(path):
+            continue
+        try:
+            epath.Path(str(path).split("*")[0].rsplit("/", 1)[0] or path).exists()
+        except Exception as e:  # noqa: BLE001 - network, DNS, credentials: all the same to a user
+            detail = (str(e).strip().splitlines() or [""])[0][:200]
+            _fail(f"cannot reach {path} ({type(e).__name__}: {detail}): check the network and "
+                  "the credentials (gcloud auth application-default login, or the pod's service "
+                  "account)")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool = False) -> str:
     """Trains (or resumes) to config.total_steps. Returns "done", "preempted" or "exported"."""
+    check_cloud_access([workdir, config.tokenizer, str(config.data.train_glob).split(",")[0]])
     check_inputs(config)
     if config.get("compilation_cache_dir"):
         # Persistent XLA cache: restarts (preemption, tests) skip recompiling the same programs.
