@@ -276,6 +276,10 @@ def _reject_unknown_flags(argv: list[str]) -> None:
     """Beam silently drops flags it does not know; a misspelt threshold must not run a job."""
     from apache_beam.options.pipeline_options import _BeamArgumentParser
 
+    try:  # DaskRunner's options (--dask_client_address, ...) are defined in its own module
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:  # no dask installed: its flags stay unknown
+        pass
     parser = _BeamArgumentParser(allow_abbrev=False)
     seen: dict[str, type] = {}
     for cls in PipelineOptions.__subclasses__():
