@@ -43,6 +43,7 @@ import numpy as np
 
 from model import tasks
 from pipelines import record as record_lib
+from training import bad_records
 from training import preprocess as pp
 
 
@@ -51,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.paths = ""  # glob (or list of globs) of ArrayRecord shards; local or gs://
     c.cache_dir = ""  # local copies of gs:// shards (training/shard_cache.py); "": the temp dir
+    # An undecodable record becomes an example with no loss (counted as data/bad_records); the run
+    # stops with one line once bad records pass this fraction of those read (training/bad_records).
+    c.max_bad_fraction = 1e-4
     c.image_size = 224  # output side S; images are squashed to S x S
     c.image_dtype = "uint8"  # "uint8": [0, 255], scaled on device; "float32": value_range on host
     c.value_range = (-1.0, 1.0)  # float32 pixel range; uint8 images always map to [-1, 1]
@@ -110,13 +114,6 @@ def expand_paths(patterns: str | Sequence[str]) -> list[str]:
     return out
 
 
-def shard_files(config: ml_collections.ConfigDict) -> list[str]:
-    """config.paths expanded, with cloud shards replaced by local copies (training/shard_cache)."""
-    from training import shard_cache
-
-    return shard_cache.stage(expand_paths(config.paths), str(config.get("cache_dir", "")))
-
-
 class ExampleTransform(grain.transforms.RandomMap):
     """Serialized record -> one training example (module-level and picklable for mp_prefetch)."""
 
@@ -166,8 +163,8 @@ class ExampleTransform(grain.transforms.RandomMap):
                 image = pp.decode_resized(fields.image, self.fused_resize, self.fast_resize)
             else:
                 image = pp.decode_image(fields.image, self.min_side)
-        except Exception as e:  # Name the record: a bare PIL error in a worker is hard to trace.
-            raise ValueError(f"bad record in training data: {e}") from e
+        except Exception as e:  # noqa: BLE001 - any undecodable record: skipped, counted
+            return bad_records.empty_example(self, rng, f"{type(e).__name__}: {e}")
         features = {"image": image, "boxes": fields.boxes, "phrases": fields.phrases,
                     "caption": fields.caption}
         if self.ops:
@@ -178,7 +175,7 @@ class ExampleTransform(grain.transforms.RandomMap):
             task_weights=self.task_weights,
         )
         out["image"] = features["image"]
-        return out
+        return bad_records.mark_good(out)
 
 
 class _ThreadRngs:
@@ -263,7 +260,7 @@ def _record_indices(
     the same. The seed is the one Grain gives a `random_map` at this point of the graph, so
     BatchTransform draws exactly what make_examples' RandomMap draws.
     """
-    source = grain.sources.ArrayRecordDataSource(shard_files(config))
+    source = grain.sources.ArrayRecordDataSource(expand_paths(config.paths))
     ds = grain.MapDataset.range(len(source)).seed(seed)
     if train and config.shuffle:
         ds = ds.shuffle()
@@ -286,7 +283,7 @@ def make_examples(
     The reference the batched loader is tested against: make_train_iter's batches are these
     examples, batched, computed one batch per Grain element (BatchTransform).
     """
-    paths = shard_files(config)
+    paths = expand_paths(config.paths)
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths)).seed(seed)
     if train and config.shuffle:
         ds = ds.shuffle()

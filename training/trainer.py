@@ -27,8 +27,9 @@ from model.tokenizer import Tokenizer
 from model.vit_checkpoint import export_encoder
 from training import data as data_lib
 from training import metrics as metrics_lib
-from training import model_fns, sharding
+from training import model_fns, shard_cache, sharding
 from training import train_state as ts
+from training.bad_records import BadRecordBudget
 from training.checkpointing import Checkpointer
 from training.optim import make_optimizer
 
@@ -81,7 +82,8 @@ def resolve_config(config: ml_collections.ConfigDict, tok: Tokenizer) -> ml_coll
 def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The loader's config: config.data plus the shard glob, resolution and text length."""
     c = ml_collections.ConfigDict(config.data.to_dict())
-    c.paths = c.train_glob
+    # gs:// shards are read from local copies (training/shard_cache.py says why), in glob order.
+    c.paths = ",".join(shard_cache.stage(data_lib.expand_paths(c.train_glob), c.get("cache_dir", "")))
     c.image_size = config.model.image_size
     c.text_len = config.model.max_len
     return c
@@ -208,6 +210,7 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
     compiled = None
     status = "done"
     hashes = None
+    budget = BadRecordBudget(config.data.get("max_bad_fraction", 1e-4))
     if config.get("log_batch_hashes") and primary:
         hashes = (workdir_path / "batch_hashes.jsonl").open("a")
     try:
@@ -215,7 +218,9 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
             if stop.set or ckpt.reached_preemption(step):
                 status = "preempted"
                 break
-            host_batch = ts.numeric_batch(next(it))
+            raw = next(it)
+            budget.add(raw, step + 1)  # skipped records: counted, and a stop past the rate
+            host_batch = ts.numeric_batch(raw)
             if hashes is not None:
                 hashes.write(json.dumps({"step": step + 1, "crc": _crc(host_batch)}) + "\n")
                 hashes.flush()
@@ -230,6 +235,7 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
                 bar.update(1)
             if step % config.log_every == 0 or step == total:
                 row = perf.row(jax.device_get(metrics))
+                row["data/bad_records"] = budget.take_count()
                 writer.write(step, row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.3f}")
