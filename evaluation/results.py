@@ -53,6 +53,26 @@ class ResultsStore:
         self.stale_after_s = stale_after_s
         self._tb = None
         self._use_tb = tensorboard and self.local
+        self._adopt_legacy_jsonl()
+
+    def _adopt_legacy_jsonl(self) -> None:
+        """A results.jsonl written before result objects existed: its pairs become objects, so
+        the rebuilt view keeps them (create-if-absent: running this twice changes nothing)."""
+        if write_once.list_names(write_once.join(self.dir, "results"), ".json"):
+            return
+        got = write_once.read(self.results_path)
+        if got is None:
+            return
+        pairs: dict[tuple[int, str], list[dict]] = {}
+        for line in got[0].decode().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line of an old writer
+                continue
+            pairs.setdefault((int(row["step"]), str(row["evaluator"])), []).append(row)
+        for (step, evaluator), rows in pairs.items():
+            write_once.create(self._path("results", step, evaluator),
+                              json.dumps(rows, sort_keys=True).encode())
 
     def _path(self, kind: str, step: int, evaluator: str) -> str:
         suffix = ".json" if kind == "results" else ".claim"
@@ -88,7 +108,10 @@ class ResultsStore:
                            "time": time.time()}).encode()
         for _ in range(2):  # the second try follows breaking a stale claim
             if write_once.create(path, mine):
-                return (step, evaluator) not in self.done()  # scored while we were claiming
+                if (step, evaluator) in self.done():  # scored while we were claiming
+                    write_once.delete(path)
+                    return False
+                return True
             got = write_once.read(path)
             if got is None:
                 continue  # released in between

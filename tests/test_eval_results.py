@@ -63,3 +63,16 @@ def test_split_name_and_curves(tmp_path):
     png = plot_curves(store.read(), tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_a_results_jsonl_of_the_old_layout_is_kept(tmp_path):
+    rows = [{"step": 1, "evaluator": "rec", "split": "val", "metric": "acc@0.5", "value": 0.5,
+             "time": 0.0}, {"step": 2, "evaluator": "rec", "split": "val", "metric": "acc@0.5",
+                            "value": 0.6, "time": 0.0}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"st')
+    store = ResultsStore(tmp_path, tensorboard=False)
+    assert store.done() == {(1, "rec"), (2, "rec")}
+    assert store.try_claim(3, "rec")
+    store.write(3, "rec", [("val/acc@0.5", 0.7)])
+    view = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["value"]) for r in view] == [(1, 0.5), (2, 0.6), (3, 0.7)]
