@@ -24,7 +24,7 @@ from absl import app, flags, logging  # noqa: E402
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from evaluation import plots, watch  # noqa: E402
+from evaluation import watch, write_once  # noqa: E402
 from evaluation.evaluators import base  # noqa: E402
 from evaluation.results import ResultsStore  # noqa: E402
 from evaluation.train_run import CheckpointMismatch, TrainRun  # noqa: E402
@@ -71,7 +71,8 @@ class Job:
                 with ev_config.unlocked():
                     ev_config.name = name
             self.evaluators[name] = base.build(ev_config.type, ev_config, self.run, shared)
-        self.store = ResultsStore(Path(workdir) / "eval", stale_after_s=config.stale_claim_s)
+        self.store = ResultsStore(write_once.join(workdir, "eval"),
+                                  stale_after_s=config.stale_claim_s)
         self.failures = 0
 
     def evaluate_step(self, step: int, step_dir: epath.Path) -> bool:
@@ -102,7 +103,7 @@ class Job:
             summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics if "/" in k)[:300]
             log(f"step {step} {name}: {summary}")
         if wrote:
-            plots.plot_curves(self.store.read(), self.store.dir / "curves.png")
+            self.store.save_curves()
         done = self.store.done()
         return all((step, n) in done for n in self.evaluators)
 
@@ -152,7 +153,7 @@ def main(argv) -> int:
     finally:
         if "job" in locals():
             job.store.close()
-    log(f"results in {Path(workdir) / 'eval' / 'results.jsonl'}")
+    log(f"results in {write_once.join(workdir, 'eval', 'results.jsonl')}")
     return 1 if job.failures else 0
 
 

@@ -31,6 +31,7 @@ def finalized_steps(workdir: str) -> list[int]:
     import orbax.checkpoint as ocp
 
     ckpt = checkpoint_dir(workdir)
+    _forget_listings(str(ckpt))
     if not ckpt.exists():
         return []
     fmt = ocp.path.step.standard_name_format()
@@ -48,6 +49,19 @@ def resolve_step(workdir: str, step: int | None = None) -> int:
     return steps[-1] if step is None else step
 
 
+def _forget_listings(path: str) -> None:
+    """gcsfs (epath's gs:// backend without TensorFlow) caches directory listings for the life of
+    the process: a watcher would never see a new checkpoint. Drop them before each look."""
+    if "://" not in path:
+        return
+    try:
+        from etils.epath import backend
+
+        backend.fsspec_backend.fs(path).invalidate_cache()
+    except Exception:  # noqa: BLE001 - another backend (TensorFlow's gfile) caches nothing
+        pass
+
+
 def step_path(workdir: str, step: int) -> epath.Path:
     return checkpoint_dir(workdir) / str(step)
 
@@ -55,6 +69,7 @@ def step_path(workdir: str, step: int) -> epath.Path:
 def final_step(workdir: str) -> int | None:
     """The step number in WORKDIR/DONE (the trainer's last step), or None while training runs."""
     done = epath.Path(workdir) / "DONE"
+    _forget_listings(str(done))
     if not done.exists():
         return None
     text = done.read_text().strip()

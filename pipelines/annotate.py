@@ -99,6 +99,34 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(f"annotate: {message}")
 
 
+def check_runner(options: PipelineOptions, opts: AnnotateOptions) -> None:
+    """Flags a service runner (Dataflow) needs, checked before anything is read or written.
+
+    Dataflow's workers cannot see this machine's disk, and the service needs a project, a
+    region and a gs:// temp location; Beam itself would say so only after the inputs are listed
+    and the graph is built, some of it as a traceback.
+    """
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    runner = runner if isinstance(runner, str) else type(runner).__name__
+    if runner.lower() not in ("dataflowrunner", "testdataflowrunner"):
+        return
+    gcp = options.view_as(GoogleCloudOptions)
+    if not gcp.project:
+        raise _fail("--runner=DataflowRunner needs --project PROJECT_ID")
+    if not gcp.region:
+        raise _fail("--runner=DataflowRunner needs --region (e.g. --region us-central1)")
+    if not (gcp.temp_location or "").startswith("gs://"):
+        raise _fail("--runner=DataflowRunner needs --temp_location gs://BUCKET/tmp (got "
+                    f"{gcp.temp_location or 'none'})")
+    for flag, value in (("--output", opts.output), ("--input", opts.input)):
+        local = [v for v in value.split(",") if not v.strip().startswith("gs://")]
+        if local:
+            raise _fail(f"{flag} {local[0]!r} is not on gs://: Dataflow workers cannot read or "
+                        "write this machine's disk; use a gs:// path")
+
+
 def check_options(opts: AnnotateOptions) -> list[str]:
     """Validates flags, input and output before any work; returns the input files."""
     if not 0.0 <= opts.score_threshold <= 1.0:
@@ -255,6 +283,10 @@ def _reject_unknown_flags(argv: list[str]) -> None:
     """Beam silently drops flags it does not know; a misspelt threshold must not run a job."""
     from apache_beam.options.pipeline_options import _BeamArgumentParser
 
+    try:  # DaskRunner's options (--dask_client_address, ...) are defined in its own module
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:  # no dask installed: its flags stay unknown
+        pass
     parser = _BeamArgumentParser(allow_abbrev=False)
     seen: dict[str, type] = {}
     for cls in PipelineOptions.__subclasses__():
@@ -294,6 +326,7 @@ def run_with_metrics(argv: list[str] | None = None) -> tuple[dict, dict[str, int
     except SystemExit as e:  # argparse already printed its one-line error.
         raise _fail("bad flags (see the line above); run with --help for the list") from e
     _reject_unknown_flags(argv)
+    check_runner(options, opts)
     files = check_options(opts)
     config = _config_dict(options) | {"input_files": len(files),
                                       "num_shards_resolved": opts.num_shards or len(files)}
@@ -301,6 +334,12 @@ def run_with_metrics(argv: list[str] | None = None) -> tuple[dict, dict[str, int
     build(p, opts, files, config)
     result = p.run()
     result.wait_until_finish()
+    if getattr(result, "job", None) is not None and options.get_all_options().get("dry_run"):
+        # Dataflow's --dry_run: the job was built and validated, nothing was submitted.
+        steps = len(result.job.proto_pipeline.components.transforms)
+        print(f"annotate: dry run: Dataflow job built and validated ({steps} transforms, "
+              f"{len(files)} input files), not submitted", file=sys.stderr)
+        return {"dry_run": True, "transforms": steps, "input_files": len(files)}, {}
     metrics: dict[str, int] = {}
     for c in result.metrics().query()["counters"]:
         if c.key.metric.namespace.startswith("annotate"):

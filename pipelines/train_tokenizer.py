@@ -41,8 +41,10 @@ def read_texts(paths: Sequence[str], max_records: int | None = None) -> Iterator
     """Yields the training sentences of every record, shard by shard."""
     from array_record.python.array_record_module import ArrayRecordReader
 
+    from training import shard_cache  # gs:// shards: read from a local copy, as the trainer does
+
     seen = 0
-    for path in paths:
+    for path in shard_cache.stage(paths):
         reader = ArrayRecordReader(path)
         try:
             for i in range(reader.num_records()):

@@ -38,3 +38,36 @@ def tiny_run(tmp_path_factory) -> Path:
     c.peak_flops_per_device = 1e12  # skip measuring the matmul peak (MFU is not checked here)
     assert trainer.train(c, str(root / "run")) == "done"
     return root / "run"
+
+
+def _gcs_fixture(kind: str, request, monkeypatch, tmp_path_factory):
+    """A fresh bucket on a session-wide server of `kind`; clients in and out of process reach it."""
+    import itertools
+
+    from gcs_server import GcsServer, client_env, reset_client_caches
+
+    cache = request.config._gcs_servers = getattr(request.config, "_gcs_servers", {})
+    if kind not in cache:
+        cache[kind] = GcsServer.start(kind)
+        request.config.add_cleanup(cache[kind].stop)
+    server = cache[kind]
+    counter = request.config._gcs_buckets = getattr(request.config, "_gcs_buckets",
+                                                    itertools.count())
+    bucket = server.create_bucket(f"locca-{kind}-{next(counter)}")
+    for key, value in client_env(server.url).items():
+        monkeypatch.setenv(key, value)
+    reset_client_caches()
+    yield server, bucket
+    reset_client_caches()
+
+
+@pytest.fixture
+def gcs(request, monkeypatch, tmp_path_factory):
+    """(server, bucket) on gcp-storage-emulator: serves everything Beam, gcsfs and Orbax use."""
+    yield from _gcs_fixture("emulator", request, monkeypatch, tmp_path_factory)
+
+
+@pytest.fixture
+def gcs_strict(request, monkeypatch, tmp_path_factory):
+    """(server, bucket) on fake-gcs-server: enforces generation preconditions."""
+    yield from _gcs_fixture("strict", request, monkeypatch, tmp_path_factory)

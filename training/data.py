@@ -44,13 +44,17 @@ import numpy as np
 from model import tasks
 from pipelines import record as record_lib
 from pipelines import shards
-from training import mixture
+from training import bad_records, mixture
 from training import preprocess as pp
 
 
 def options() -> ml_collections.ConfigDict:
     """The loader's own settings: the training config's `config.data` (see with_inputs)."""
     c = ml_collections.ConfigDict()
+    c.cache_dir = ""  # local copies of gs:// shards (training/shard_cache.py); "": the temp dir
+    # An undecodable record becomes an example with no loss (counted as data/bad_records); the run
+    # stops with one line once bad records pass this fraction of those read (training/bad_records).
+    c.max_bad_fraction = 1e-4
     c.image_dtype = "uint8"  # "uint8": [0, 255], scaled on device; "float32": value_range on host
     c.value_range = (-1.0, 1.0)  # float32 pixel range; uint8 images always map to [-1, 1]
     c.fast_resize = True  # OpenCV bilinear (pp.resize_fast); False: Pillow antialiased (= eval)
@@ -170,8 +174,8 @@ class ExampleTransform(grain.transforms.RandomMap):
                 image = pp.decode_resized(fields.image, self.fused_resize, self.fast_resize)
             else:
                 image = pp.decode_image(fields.image, self.min_side)
-        except Exception as e:  # Name the record: a bare PIL error in a worker is hard to trace.
-            raise ValueError(f"bad record in training data: {e}") from e
+        except Exception as e:  # noqa: BLE001 - any undecodable record: skipped, counted
+            return bad_records.empty_example(self, rng, f"{type(e).__name__}: {e}")
         features = {"image": image, "boxes": fields.boxes, "phrases": fields.phrases,
                     "caption": fields.caption}
         if self.ops:
@@ -182,7 +186,7 @@ class ExampleTransform(grain.transforms.RandomMap):
             task_weights=self.task_weights,
         )
         out["image"] = features["image"]
-        return out
+        return bad_records.mark_good(out)
 
 
 class _ThreadRngs:

@@ -37,14 +37,20 @@ class MetricsWriter:
         workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "metrics.jsonl"
+        # Object stores (gs://) have no append and show an object only once it is closed: there
+        # the rows are kept and the whole object is rewritten at each write (one small upload).
+        self._cloud_path = path if "://" in str(path) else None
+        lines = path.read_text().splitlines() if path.exists() else []
         if start_step is not None and path.exists():
-            lines = path.read_text().splitlines()
             kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= start_step]
-            if len(kept) < len(lines):
+            if len(kept) < len(lines) and self._cloud_path is None:
                 tmp = workdir / "metrics.jsonl.tmp"
                 tmp.write_text("".join(x + "\n" for x in kept))
                 tmp.replace(path)
-        self._jsonl = path.open("a")
+            lines = kept
+        self._rows = [x + "\n" for x in lines if x.strip()]
+        if self._cloud_path is None:
+            self._jsonl = path.open("a")
         try:
             from tensorboardX import SummaryWriter
 
@@ -57,8 +63,12 @@ class MetricsWriter:
             return
         row = {"step": int(step), "time": time.time()}
         row.update({k: float(v) for k, v in metrics.items()})
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        if self._cloud_path is not None:
+            self._rows.append(json.dumps(row) + "\n")
+            self._cloud_path.write_text("".join(self._rows))
+        else:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, float(v), int(step))

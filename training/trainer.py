@@ -27,8 +27,9 @@ from model.tokenizer import Tokenizer
 from model.vit_weights import export_encoder
 from training import data as data_lib
 from training import metrics as metrics_lib
-from training import mixture, model_fns, sharding
+from training import mixture, model_fns, shard_cache, sharding
 from training import train_state as ts
+from training.bad_records import BadRecordBudget
 from training.optim import make_optimizer
 from training.train_checkpoints import Checkpointer
 
@@ -83,13 +84,21 @@ def resolve_config(config: ml_collections.ConfigDict, tok: Tokenizer) -> ml_coll
 
 
 def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The loader's config: config.data plus the fields stated elsewhere in the training config."""
+    """The loader's config: config.data plus the fields stated elsewhere in the training config.
+    gs:// shards are read from local copies (training/shard_cache.py says why), in glob order."""
+    paths = config.data.train_glob
+    if paths:
+        paths = ",".join(shard_cache.stage(data_lib.expand_paths(paths),
+                                           config.data.get("cache_dir", "")))
     return data_lib.with_inputs(
-        config.data, paths=config.data.train_glob, image_size=config.model.image_size,
+        config.data, paths=paths, image_size=config.model.image_size,
         text_len=config.model.max_len, task_weights=config.loss.task_weights)
 
 
 def _write_atomic(path: epath.Path, text: str) -> None:
+    if "://" in str(path):  # an object appears whole when its upload ends; stores have no rename
+        path.write_text(text)
+        return
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)  # atomic on POSIX; overwrites (a restart rewrites config.json)
@@ -116,8 +125,23 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def check_cloud_access(paths: list[str]) -> None:
+    """A cloud path the run needs is reachable; one readable line otherwise (no traceback)."""
+    for path in paths:
+        if "://" not in str(path):
+            continue
+        try:
+            epath.Path(str(path).split("*")[0].rsplit("/", 1)[0] or path).exists()
+        except Exception as e:  # noqa: BLE001 - network, DNS, credentials: all the same to a user
+            detail = (str(e).strip().splitlines() or [""])[0][:200]
+            _fail(f"cannot reach {path} ({type(e).__name__}: {detail}): check the network and "
+                  "the credentials (gcloud auth application-default login, or the pod's service "
+                  "account)")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool = False) -> str:
     """Trains (or resumes) to config.total_steps. Returns "done", "preempted" or "exported"."""
+    check_cloud_access([workdir, config.tokenizer, str(config.data.train_glob).split(",")[0]])
     check_inputs(config)
     if config.get("compilation_cache_dir"):
         # Persistent XLA cache: restarts (preemption, tests) skip recompiling the same programs.
@@ -192,6 +216,7 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
     compiled = None
     status = "done"
     hashes = None
+    budget = BadRecordBudget(config.data.get("max_bad_fraction", 1e-4))
     if config.get("log_batch_hashes") and primary:
         hashes = (workdir_path / "batch_hashes.jsonl").open("a")
     try:
@@ -199,7 +224,9 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
             if stop.set or ckpt.reached_preemption(step):
                 status = "preempted"
                 break
-            host_batch = ts.numeric_batch(next(it))
+            raw = next(it)
+            budget.add(raw, step + 1)  # skipped records: counted, and a stop past the rate
+            host_batch = ts.numeric_batch(raw)
             host_batch.pop("source", None)  # a mixture's per-example source: host-side only
             if hashes is not None:
                 hashes.write(json.dumps({"step": step + 1, "crc": _crc(host_batch)}) + "\n")
@@ -215,6 +242,7 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
                 bar.update(1)
             if step % config.log_every == 0 or step == total:
                 row = perf.row(jax.device_get(metrics)) | _examples_seen(config, step)
+                row["data/bad_records"] = budget.take_count()
                 writer.write(step, row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.3f}")
