@@ -87,7 +87,7 @@ def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The loader's config: config.data plus the fields stated elsewhere in the training config.
     gs:// shards are read from local copies (training/shard_cache.py says why), in glob order."""
     paths = config.data.train_glob
-    if paths:
+    if "://" in str(paths):
         paths = ",".join(shard_cache.stage(data_lib.expand_paths(paths),
                                            config.data.get("cache_dir", "")))
     return data_lib.with_inputs(
