@@ -90,11 +90,9 @@ def logits_init(loc_start: int, num_loc: int, kind: str, sigma: float = 0.1):
     u = h . d for a random direction d (|d| = 0.25, so u spreads over about +-0.25 at init) and
     c = 1 / (2 sigma**2): the softmax over the bins is a discretised Gaussian N(u, sigma**2).
     A model then places a box edge by moving one linear readout of h, where the zero init must
-    first shape 1,024 separate output columns into a coherent ordering (measured: teacher-forced
-    R^2 of the first box edge 0.47 -> 0.92 after 700 `tiny` steps on one-object images;
-    README "Status"). Every other column starts at zero, and all stay free parameters. The cost
-    measured on the demo corpus: slower early caption learning (location mass at text positions),
-    so no shipped config uses it yet.
+    first shape `num_loc` separate output columns into a coherent ordering. Every other column
+    starts at zero, and all stay free parameters. Its cost: location mass at text positions at
+    first, so caption tokens start a little slower. `tiny` uses it (RESULTS.md has the runs).
     """
     zeros = nn.initializers.zeros
     if kind == "zeros" or num_loc <= 0:

@@ -25,7 +25,7 @@ Outputs in --output: `{split}-{i:05d}-of-{n:05d}.array_record`, `manifest.json`,
 queries, postprocess and shard_sink for each step's rules. Labelers: `reference` (ground-truth
 regions in each sample's JSON, e.g. from pipelines/convert.py), `grit` (GRIT's noun_chunks /
 ref_exps, `--grit_spans`), `owlvit` (pseudo-labels). Empty alt-texts are dead-lettered as
-`empty_caption` (design.md) unless --keep_empty_captions; non-UTF-8 alt-texts as `caption_not_utf8`.
+`empty_caption` unless --keep_empty_captions (a Cap example needs a caption); non-UTF-8 alt-texts as `caption_not_utf8`.
 """
 
 from __future__ import annotations

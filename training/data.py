@@ -76,9 +76,7 @@ def options() -> ml_collections.ConfigDict:
     # Threads per process (or per worker), each computing whole batches. On a small CPU host
     # (2 cores) use no worker processes (the trainer's data.num_workers=0): OpenCV's decode
     # releases the GIL, so 2-4 threads use both cores without the workers' shared-memory copy
-    # (annotate --store_max_side 224 images on a 2-core machine: 2,923-3,477/s with 2 threads vs
-    # 1,703-2,587/s with 2 workers, best rounds of two runs; tests/benchmarks/README.md,
-    # loader_throughput).
+    # (tests/benchmarks/README.md, loader_throughput, compares the two).
     c.read_threads = 4
     c.prefetch_batches = 4  # batches each process (or worker) keeps ready or in flight
     # Named shard sets with weights, ((name, glob, weight), ...); empty: `paths` alone.
@@ -236,7 +234,7 @@ class BatchTransform:
 
     def __call__(self, items: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
         # All reads first, then all decodes: interleaving each read (a pread per record) with
-        # the decodes measured ~0.02 ms/example more CPU at 224 px (0.36-0.37 vs 0.34-0.35).
+        # the decodes costs more CPU per example (tests/benchmarks/README.md, loader_throughput).
         elements = [self.source[record] for _, record in items]
         images = None
         texts = []
@@ -404,8 +402,8 @@ def _to_iter(ds: grain.MapDataset, config: ml_collections.ConfigDict, num_worker
         _ensure_absl_flags()
         # Only the image batch goes through shared memory; the ten small [B, L] text arrays are
         # pickled with the batch. Grain's default (min_shm_size=0) makes one shared-memory segment
-        # per array per batch, whose create/map/unlink cost more than copying 8 KB (measured
-        # 0.06-0.08 ms less CPU per example over workers + main process; tests/benchmarks/README.md).
+        # per array per batch, whose create/map/unlink cost more than copying 8 KB
+        # (tests/benchmarks/README.md has the figures).
         # The iterator and its checkpointed state are the parent's, unchanged.
         options = grain.experimental.DatasetOptions(min_shm_size=_MIN_SHM_BYTES)
         it_ds = grain.experimental.WithOptionsIterDataset(it_ds, options)
