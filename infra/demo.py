@@ -66,10 +66,11 @@ PROFILES = {
     "demo": Profile("demo", num_train=10_000, num_eval=1000, train_steps=0, preset="refcoco",
                     num_loc=32, vocab_size=1100, budget_s=25 * 60, rec_min=0.3,
                     rec_prior_ratio=3.0, gap_min_points=5.0),
-    "reproduce": Profile("reproduce", num_train=40_000, num_eval=1000, train_steps=6000,
+    # Sized from the demo's per-step costs on an idle 2-core CPU; not yet run end to end.
+    "reproduce": Profile("reproduce", num_train=40_000, num_eval=1000, train_steps=5000,
                          preset="refcoco", num_loc=32, vocab_size=1100, budget_s=2 * 3600,
                          rec_min=0.6, rec_prior_ratio=0.0, gap_min_points=10.0, curve=True,
-                         checkpoint_every=1000),
+                         checkpoint_every=1250),
 }
 
 
