@@ -344,9 +344,13 @@ def target_detail(key: str, t: dict) -> str:
         gap = (f"gap {_fmt(t['value'])} points "
                f"{'in' if t['gap_inside'] else 'OUTSIDE'}") if t.get("value") is not None else ""
         return html.escape("REC " + ", ".join(parts) + ("; " + gap if gap else ""))
+    if key == "cider_kept" and t.get("value") is not None:
+        return html.escape(f"{t['value']:+.1f} points (LocCa {_fmt(t['locca'])} vs captioner "
+                           f"{_fmt(t['cap'])})")
     if key == "demo_time" and t.get("value") is not None:
-        return f"{t['value']:.1f} min" + ("" if t.get("default_sizes") else
-                                          " (not at the profile's own sizes)")
+        why = ("" if t.get("default_sizes") else " (not every stage has run)"
+               if not t.get("complete") else " (not at the profile's own sizes)")
+        return f"{t['value']:.1f} min{why}"
     return _fmt(t.get("value"))
 
 
@@ -508,8 +512,8 @@ means the model writes the same tokens whatever it is shown (the text prior and 
  if reliance else "<p>no image_reliance results</p>"}
 <h2>How well does the decoder read each box edge?</h2>
 <p>Teacher-forced on the held-out <code>aref</code> rows: each location token given the expression
-and the true earlier edges, read as the expected bin of the model's distribution over all 1,024
-bins (mean over the held-out splits). R^2 0 = no better than each edge's mean box; 1 = exact.
+and the true earlier edges, read as the expected bin of the model's distribution over all its
+location bins (mean over the held-out splits). R^2 0 = no better than each edge's mean box; 1 = exact.
 The Acc@0.5 row reads y2 and x2 as constrained decoding does (at or past the true y1, x1).</p>
 {f'<table><tr><th>edge</th>{"".join(f"<th>{v}</th>" for v in MODELS.values())}</tr>{readout}</table>'
  if readout else "<p>no loc_readout results</p>"}
