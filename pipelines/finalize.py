@@ -9,7 +9,6 @@ Every file is written under a temp name and renamed, so a retried step leaves wh
 from __future__ import annotations
 
 import sys
-import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -17,15 +16,6 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import manifest as manifest_lib
 from pipelines import record as record_lib
 from pipelines import shard_sink
-
-
-def _write_atomic(path: str, payload: bytes) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(tmp) as f:
-        f.write(payload)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
 
 
 class Finalize(beam.DoFn):
@@ -54,7 +44,7 @@ class Finalize(beam.DoFn):
         from pipelines import preview
 
         recs = [record_lib.decode(data) for _, data in sorted(previews)]
-        _write_atomic(FileSystems.join(out, "preview.html"),
+        manifest_lib.write_atomic(FileSystems.join(out, "preview.html"),
                       preview.render_html(recs).encode("utf-8"))
-        _write_atomic(FileSystems.join(out, "preview.png"), preview.contact_sheet(recs))
+        manifest_lib.write_atomic(FileSystems.join(out, "preview.png"), preview.contact_sheet(recs))
         yield doc

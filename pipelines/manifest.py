@@ -115,11 +115,17 @@ def build_manifest(
     }
 
 
-def write_json(path: str, document: Any) -> None:
-    """Writes JSON at `path` via a temp name + rename, on any Beam filesystem."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # finalize._write_atomic does the same for bytes
+def write_atomic(path: str, payload: bytes) -> None:
+    """Writes `payload` at `path` via a temp name + rename, on any Beam filesystem: a reader
+    never sees half a file, and a retried write replaces the earlier one."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(tmp) as f:
-        f.write(json.dumps(document, indent=2, sort_keys=False, default=str).encode("utf-8"))
+        f.write(payload)
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
+
+
+def write_json(path: str, document: Any) -> None:
+    """Writes JSON at `path` atomically (write_atomic)."""
+    write_atomic(path, json.dumps(document, indent=2, sort_keys=False, default=str).encode("utf-8"))

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from pipelines import files
+
 
 class MetricsWriter:
     """Appends one JSON line per logging step to WORKDIR/metrics.jsonl and scalars to TensorBoard.
@@ -44,9 +46,7 @@ class MetricsWriter:
         if start_step is not None and path.exists():
             kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= start_step]
             if len(kept) < len(lines) and self._cloud_path is None:
-                tmp = workdir / "metrics.jsonl.tmp"
-                tmp.write_text("".join(x + "\n" for x in kept))
-                tmp.replace(path)
+                files.write_atomic(path, "".join(x + "\n" for x in kept))
             lines = kept
         self._rows = [x + "\n" for x in lines if x.strip()]
         if self._cloud_path is None:

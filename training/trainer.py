@@ -25,6 +25,7 @@ from etils import epath
 from model.locca import DTYPES, LocCa, init_params
 from model.tokenizer import Tokenizer
 from model.vit_weights import export_encoder
+from pipelines import files
 from training import data as data_lib
 from training import metrics as metrics_lib
 from training import mixture, model_fns, shard_cache, sharding
@@ -95,15 +96,6 @@ def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         text_len=config.model.max_len, task_weights=config.loss.task_weights)
 
 
-def _write_atomic(path: epath.Path, text: str) -> None:
-    if "://" in str(path):  # an object appears whole when its upload ends; stores have no rename
-        path.write_text(text)
-        return
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # atomic on POSIX; overwrites (a restart rewrites config.json)
-
-
 class _StopFlag:
     """Set by SIGTERM; checked at step boundaries."""
 
@@ -156,7 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool 
     config = resolve_config(config, tok)
     if primary:
         workdir_path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2) + "\n")
+        files.write_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
     mesh = sharding.make_mesh(config.mesh)
     if config.batch_size % mesh.devices.size:  # each device gets an equal share of the batch
@@ -260,7 +252,7 @@ def _loop(config, workdir_path, state, it, step_fn, ckpt, mesh, abstract_params,
             if config.export_encoder:  # every process: collective gather, process 0 writes
                 export_encoder(state["params"], str(workdir_path / "encoder.npz"))
             if primary:
-                _write_atomic(workdir_path / "DONE", f"{step}\n")
+                files.write_atomic(workdir_path / "DONE", f"{step}\n")
     finally:
         stop.uninstall()
         if hashes is not None:

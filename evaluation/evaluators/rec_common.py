@@ -113,11 +113,11 @@ def write_predictions(workdir: str, name: str, step: int, examples: Sequence[Rec
     """WORKDIR/eval/predictions/{name}_step{step}.jsonl: prediction_rows, one per line."""
     from etils import epath
 
+    from pipelines import files
+
     out_dir = epath.Path(workdir) / "eval" / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(row) for row in prediction_rows(examples, preds)]
-    tmp = out_dir / f".{name}_step{step}.jsonl.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    # replace, not rename: scoring a step again (--step N twice, a restart after this file was
-    # written but before the results were) overwrites the earlier predictions.
-    tmp.replace(out_dir / f"{name}_step{step}.jsonl")
+    # Overwrites: scoring a step again (--step N twice, a restart after this file was written but
+    # before the results were) replaces the earlier predictions.
+    files.write_atomic(out_dir / f"{name}_step{step}.jsonl", "\n".join(lines) + "\n")

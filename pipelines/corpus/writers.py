@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Any
+
+from pipelines import files
 
 
 def dumps(obj: Any) -> str:
@@ -26,9 +27,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    files.write_atomic(path, data)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
