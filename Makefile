@@ -21,8 +21,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python infra/demo.py
 
-# The paper's claim at sample scale: the demo's stages with a bigger budget (under 2 hours on a
-# 2-core CPU after installation), into runs/reproduce/; resumable like the demo.
+# The paper's claim at sample scale: the demo's stages with a bigger budget (sized for under 2
+# hours on an idle 2-core CPU), into runs/reproduce/; resumable like the demo.
 reproduce: $(STAMP)
 	$(BIN)/python infra/demo.py --profile reproduce
 
