@@ -10,6 +10,7 @@ from gcs_server import download_tree, upload_tree
 from pipelines import annotate
 
 
+@pytest.mark.slow  # the annotate gs:// test below reaches the same server
 def test_clients_reach_the_server(gcs):
     """Every client the stages use goes to the local server, not to Google."""
     from apache_beam.io.filesystems import FileSystems

@@ -25,6 +25,7 @@ def _counts(workdir: Path) -> collections.Counter:
                                for r in results(workdir))
 
 
+@pytest.mark.slow  # two watch processes; exactly-once also runs in test_eval_exactly_once_gcs
 def test_watch_scores_each_checkpoint_once_with_two_copies(tmp_path, tok):
     tok_path, tokenizer = tok
     workdir = tmp_path / "run"

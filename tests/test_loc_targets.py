@@ -113,6 +113,7 @@ def test_soft_loss_prefers_near_misses():
         float(loc_soft_xent(far, target, sigma=0.0, **kw)[0]))
 
 
+@pytest.mark.slow  # compiles the whole loss twice; loc_soft_xent is checked directly above
 def test_loss_fn_uses_soft_targets_only_when_asked():
     import ml_collections
 

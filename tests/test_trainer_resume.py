@@ -105,6 +105,7 @@ def wait_for_checkpoint(proc: subprocess.Popen, workdir: Path, step: int) -> Non
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # two trainer processes; exact resume is also checked in test_mixture's Orbax round trip
 def test_sigkill_resume_is_exact(straight: Path, corpus: Path, cache: Path, tmp_path: Path):
     workdir = tmp_path / "killed"
     cmd = command(workdir, corpus, cache)
