@@ -32,6 +32,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def is_hit(ious, threshold: float = 0.5) -> np.ndarray:
+    """bool[...]: IoU >= threshold, inclusive as in the RefCOCO protocol, with a tiny tolerance so a
+    box whose IoU is exactly the threshold in real arithmetic is not lost to rounding."""
+    return np.asarray(ious, np.float64) >= threshold - 1e-9
+
+
 def rec_scores(
     predictions: Sequence[Box | None], targets: Sequence[Box], threshold: float = 0.5
 ) -> dict[str, float]:
@@ -47,8 +53,7 @@ def rec_scores(
     malformed = np.array([p is None for p in predictions])
     preds = np.array([[0.0, 0.0, 0.0, 0.0] if p is None else list(p) for p in predictions])
     ious = np.where(malformed, 0.0, box_iou(preds, np.asarray(targets, np.float64)))
-    # A tiny tolerance so a box whose IoU is exactly 0.5 in real arithmetic is not lost to rounding.
-    hits = ious >= threshold - 1e-9
+    hits = is_hit(ious, threshold)
     truth = np.asarray(targets, np.float64).reshape(-1, 4)
     centre = (preds[:, :2] + preds[:, 2:]) / 2
     inside = np.all((centre >= truth[:, :2]) & (centre <= truth[:, 2:]), axis=1) & ~malformed

@@ -22,6 +22,7 @@ import demo  # infra/demo.py: this script runs from infra/ (`python infra/demo_r
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.bootstrap import image_bootstrap  # noqa: E402 - numpy only
+from evaluation.metrics import is_hit  # noqa: E402 - numpy only
 
 MODELS = {"locca": "LocCa (tiny)", "cap": "Captioner baseline (cap_tiny)"}
 HELD_OUT = ("val", "testA", "testB")
@@ -78,7 +79,7 @@ def _mean(metrics: dict[str, float], evaluator: str, metric: str) -> float | Non
 
 def _hit(row: dict) -> float:
     iou = row.get("iou")
-    return float(iou is not None and iou >= 0.5 - 1e-9)  # as rec_scores counts
+    return float(iou is not None and bool(is_hit(iou)))  # as rec_scores counts
 
 
 def paired_gap(run_dir: Path, name: str = "rec_transfer",

@@ -11,7 +11,7 @@ import numpy as np
 from evaluation.bootstrap import image_bootstrap
 from evaluation.data.refcoco import RecExample
 from evaluation.evaluators.base import encoded_rows
-from evaluation.metrics import box_iou, rec_scores
+from evaluation.metrics import box_iou, is_hit, rec_scores
 from evaluation.predict import box_constraint
 from model import tasks
 
@@ -81,7 +81,7 @@ def ious(examples: Sequence[RecExample], preds: Sequence[np.ndarray | None]) -> 
 def hits(examples: Sequence[RecExample], preds: Sequence[np.ndarray | None]) -> np.ndarray:
     """float[N]: 1 where IoU >= 0.5 (with rec_scores' rounding tolerance), else 0."""
     iou = ious(examples, preds)
-    return (np.nan_to_num(iou, nan=0.0) >= 0.5 - 1e-9).astype(np.float64)
+    return is_hit(np.nan_to_num(iou, nan=0.0)).astype(np.float64)
 
 
 def split_metrics(split: str, examples: Sequence[RecExample],
