@@ -289,35 +289,59 @@ def format_example(
     max_len: int = 64,
     task_mix: str = "all",
     task_weights: dict[str, float] | None = None,
+    regions_per_task: int = 1,
 ) -> dict[str, Any]:
     """All tasks of one example, keyed "{task}/inputs|targets|loss_mask", plus "has_regions".
 
-    boxes: float[N, 4] normalized; one region is drawn independently for each location task.
+    boxes: float[N, 4] normalized. With regions_per_task K = 1 one region is drawn independently
+    for each location task and every array is [L]. With K > 1 the aref and gcap arrays are
+    [K, L]: K distinct regions each (drawn without replacement, cycling when the image has fewer),
+    so one encoder pass trains K grounding rows per location task.
     """
+    k = int(regions_per_task)
+    if k < 1:
+        raise ValueError(f"regions_per_task must be >= 1, got {k}")
     has_regions = len(phrases) > 0
     weights = task_weights or {t: 1.0 for t in TASKS}
     chosen = choose_tasks(rng, has_regions, task_mix, weights)
-    # Draw both regions whatever was chosen, so the rng stream does not depend on the task mix.
-    picks = rng.integers(0, len(phrases), size=2).tolist() if has_regions else [0, 0]
-    # Same rows as format_task / empty() (both fill through _fill), written into one [T, L + 1]
-    # token block and one [T, L] mask block: two allocations per example instead of four per task
+    # Draw the regions whatever was chosen, so the rng stream does not depend on the task mix.
+    picks = _region_picks(rng, len(phrases), k)
+    rows = {t: (1 if t == "cap" else k) for t in TASKS}
+    # Same rows as format_task / empty() (both fill through _fill), written into one [R, L + 1]
+    # token block and one [R, L] mask block: two allocations per example instead of four per task
     # (the per-example cost of many small numpy arrays showed in the loader's profile). The
-    # returned arrays are row views of those blocks.
-    seqs = np.full((len(TASKS), max_len + 1), tok.pad_id, np.int32)
-    mask = np.zeros((len(TASKS), max_len), np.float32)
+    # returned arrays are views of those blocks.
+    seqs = np.full((sum(rows.values()), max_len + 1), tok.pad_id, np.int32)
+    mask = np.zeros((sum(rows.values()), max_len), np.float32)
     out: dict[str, Any] = {"has_regions": np.bool_(has_regions)}
-    for row, task in enumerate(TASKS):
-        if task not in chosen:
-            prefix, target = _prefix(tok, task), None
-        elif task == "cap":
-            prefix, target = _task_ids(tok, "cap", max_len, caption=caption)
-        else:
-            i = picks[0 if task == "aref" else 1]
-            prefix, target = _task_ids(tok, task, max_len, phrase=phrases[i], box=boxes[i])
-        _fill(tok, prefix, target, max_len, seqs[row], mask[row])
-        out[f"{task}/inputs"], out[f"{task}/targets"] = seqs[row, :-1], seqs[row, 1:]
-        out[f"{task}/loss_mask"] = mask[row]
+    start = 0
+    for task in TASKS:
+        for j in range(rows[task]):
+            row = start + j
+            if task not in chosen:
+                prefix, target = _prefix(tok, task), None
+            elif task == "cap":
+                prefix, target = _task_ids(tok, "cap", max_len, caption=caption)
+            else:
+                i = picks[task][j]
+                prefix, target = _task_ids(tok, task, max_len, phrase=phrases[i], box=boxes[i])
+            _fill(tok, prefix, target, max_len, seqs[row], mask[row])
+        block = slice(start, start + rows[task]) if k > 1 and task != "cap" else start
+        out[f"{task}/inputs"], out[f"{task}/targets"] = seqs[block, :-1], seqs[block, 1:]
+        out[f"{task}/loss_mask"] = mask[block]
+        start += rows[task]
     return out
+
+
+def _region_picks(rng: np.random.Generator, n: int, k: int) -> dict[str, list[int]]:
+    """Region indices for the aref and gcap rows: k each, of n regions (zeros when n == 0)."""
+    if k == 1:  # one independent draw per task: the stream every K = 1 run has always used
+        picks = rng.integers(0, n, size=2).tolist() if n else [0, 0]
+        return {"aref": picks[:1], "gcap": picks[1:]}
+    if not n:
+        return {"aref": [0] * k, "gcap": [0] * k}
+    # np.resize repeats the permutation: distinct regions first, repeats only when n < k.
+    return {t: [int(i) for i in np.resize(rng.permutation(n), k)] for t in ("aref", "gcap")}
 
 
 def parallel_inputs(inputs, loss_mask, mask_id: int):

@@ -149,6 +149,34 @@ def test_regions_sampled_per_task_and_deterministic(tok):
     assert len({i for i, _ in seen}) == 3 and len(seen) > 3  # independent draws per task
 
 
+@pytest.mark.parametrize("n", [3, 2, 0])
+def test_k_regions_per_task_are_distinct_paired_rows(tok, n):
+    """regions_per_task=3: aref and gcap become [3, L]; each row pairs a phrase with its own box,
+    rows use distinct regions while the image has enough, and an image without regions trains
+    none of them."""
+    boxes = np.asarray([[0.0, 0.0, 0.1, 0.1], [0.5, 0.5, 0.9, 0.9], [0.2, 0.3, 0.4, 0.6]])[:n]
+    phrases = ("red dog", "blue car", "green table")[:n]
+    out = tasks.format_example(tok, np.random.default_rng(0), caption="x", boxes=boxes,
+                               phrases=phrases, max_len=24, regions_per_task=3)
+    assert out["cap/inputs"].shape == (24,)
+    for task in ("aref", "gcap"):
+        assert out[f"{task}/inputs"].shape == out[f"{task}/loss_mask"].shape == (3, 24)
+        used = []
+        for row in range(3):
+            m = out[f"{task}/loss_mask"][row] > 0
+            if not n:
+                assert not m.any()
+                continue
+            d = tasks.decode_target(task, out[f"{task}/targets"][row][m], tok)
+            i = phrases.index(d.text)
+            assert np.all(np.abs(d.box - boxes[i]) <= 1 / 1024)
+            used.append(i)
+        assert len(set(used)) == min(n, 3)
+    with pytest.raises(ValueError, match="regions_per_task"):
+        tasks.format_example(tok, np.random.default_rng(0), caption="x", boxes=boxes,
+                             phrases=phrases, regions_per_task=0)
+
+
 def test_task_mix_sample(tok):
     boxes, phrases = np.asarray([[0.1, 0.1, 0.5, 0.5]]), ("red dog",)
     counts = dict.fromkeys(tasks.TASKS, 0)

@@ -124,6 +124,43 @@ def test_loss_matches_a_per_task_reference():
         model_fns.active_tasks({"cap": 0.0})
 
 
+def test_k_region_rows_score_as_one_pooled_task():
+    """data.regions_per_task K > 1: aref/gcap arrive as [B, K, L]; each task's loss pools its
+    B * K rows' target tokens, the same as decoding every row on its own."""
+    cfg = model_config("tiny", image_size=32, width=32, depth=1, mlp_dim=64, num_heads=2,
+                       dec_depth=1, max_len=8, vocab_size=50)
+    model = LocCa(cfg)
+    params = init_params(model, jax.random.PRNGKey(0))
+    params = jax.tree.map(lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size).reshape(x.shape)),
+                          params)
+    b, k = 2, 3
+    batch = _batch(b, 8, 50, 32)
+    rows = _batch(b * k, 8, 50, 32, seed=1)
+    for t in ("aref", "gcap"):
+        for f in ("inputs", "targets", "loss_mask"):
+            batch[f"{t}/{f}"] = rows[f"{t}/{f}"].reshape(b, k, 8)
+    weights = {"cap": 1.0, "aref": 2.0, "gcap": 1.0}
+    loss, aux = jax.jit(lambda p, x: model_fns.loss_fn(
+        p, model, x, jax.random.PRNGKey(1), task_weights=weights, train=False))(params, batch)
+    assert model_fns.task_rows(batch, TASKS) == {"cap": 1, "aref": k, "gcap": k}
+    apply = jax.jit(lambda p, im, x: model.apply({"params": p}, im, x))
+    want = 0.0
+    for t in TASKS:
+        ins, tgts, m = (batch[f"{t}/{f}"] for f in ("inputs", "targets", "loss_mask"))
+        if ins.ndim == 2:
+            ins, tgts, m = ins[:, None], tgts[:, None], m[:, None]
+        total = count = 0.0
+        for j in range(ins.shape[1]):
+            logp = np.asarray(jax.nn.log_softmax(apply(params, batch["image"], ins[:, j])))
+            nll = -np.take_along_axis(logp, tgts[:, j][..., None], -1)[..., 0]
+            total += (nll * m[:, j]).sum()
+            count += m[:, j].sum()
+        np.testing.assert_allclose(aux[f"{t}/loss"], total / count, rtol=1e-5)
+        np.testing.assert_allclose(aux[f"{t}/tokens"], count)
+        want += weights[t] * total / count
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
 def test_label_smoothing_is_the_smoothed_target_cross_entropy():
     logits = jnp.asarray([[2.0, 0.0, -1.0, 0.5]])
     targets = jnp.asarray([0])

@@ -23,7 +23,8 @@ examples).
 Batches (numpy): "image" uint8[B, S, S, 3] (config.image_dtype="uint8", the default: a quarter of
 the bytes through worker shared memory and to the device; training/model_fns.py maps it to [-1, 1]
 inside the jitted step) or float32[B, S, S, 3] in config.value_range ("float32"); "{task}/inputs",
-"{task}/targets" int32[B, L]; "{task}/loss_mask" float32[B, L] for every task in model.tasks.TASKS;
+"{task}/targets" int32[B, L]; "{task}/loss_mask" float32[B, L] for every task in model.tasks.TASKS
+([B, K, L] for aref and gcap with data.regions_per_task K > 1);
 "has_regions" bool[B]. S = config.image_size, L = config.text_len.
 
 The returned iterator has get_state()/set_state(); the trainer saves it with
@@ -65,6 +66,9 @@ def options() -> ml_collections.ConfigDict:
     # "all": every task every example (paper); "sample": one task per example, drawn in
     # proportion to the task weights.
     c.task_mix = "all"
+    # Rows per location task (aref, gcap) per example: K > 1 decodes K regions of each image
+    # against one encoder pass ("{task}/inputs" become [B, K, L]); 1 is the paper's one region.
+    c.regions_per_task = 1
     c.shuffle = True  # global shuffle, reshuffled each epoch from the seed
     c.augment = ml_collections.ConfigDict()
     c.augment.crop = False  # Inception-style random resized crop (boxes clipped or dropped)
@@ -132,6 +136,9 @@ class ExampleTransform(grain.transforms.RandomMap):
         self.text_len = int(config.text_len)
         self.task_mix = str(config.task_mix)
         self.task_weights = {k: float(v) for k, v in dict(config.task_weights).items()}
+        self.regions_per_task = int(config.get("regions_per_task", 1))
+        if self.regions_per_task < 1:
+            raise DataError(f"data.regions_per_task must be >= 1, got {self.regions_per_task}")
         size = int(config.image_size)
         ops: list[Any] = []
         min_side = size
@@ -181,7 +188,7 @@ class ExampleTransform(grain.transforms.RandomMap):
         out = tasks.format_example(
             self.tokenizer, rng, caption=features["caption"], boxes=features["boxes"],
             phrases=features["phrases"], max_len=self.text_len, task_mix=self.task_mix,
-            task_weights=self.task_weights,
+            task_weights=self.task_weights, regions_per_task=self.regions_per_task,
         )
         out["image"] = features["image"]
         return bad_records.mark_good(out)

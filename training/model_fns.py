@@ -1,8 +1,9 @@
 """Named model functions shared by the trainer and any evaluator: loss and predictions.
 
 Nothing here knows about a specific evaluator. The loss encodes each image once and decodes all
-active tasks in ONE decoder pass over a [B * T] batch laid out example-major (row b * T + t is task
-t of example b), so every device keeps its own examples' rows and no resharding is needed.
+active tasks in ONE decoder pass over a [B * R] batch laid out example-major (example b's R rows,
+one per task or K per location task with data.regions_per_task, are b * R .. b * R + R - 1), so
+every device keeps its own examples' rows and no resharding is needed.
 """
 
 from __future__ import annotations
@@ -37,28 +38,42 @@ def token_xent(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0
     return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
 
 
+def task_rows(batch: Batch, tasks: Sequence[str]) -> dict[str, int]:
+    """Decoder rows each task has per example: 1 for [B, L] arrays, K for [B, K, L] ones."""
+    return {t: (batch[f"{t}/inputs"].shape[1] if batch[f"{t}/inputs"].ndim == 3 else 1)
+            for t in tasks}
+
+
 def stack_tasks(batch: Batch, tasks: Sequence[str], *, parallel: jax.Array | None = None,
                 mask_id: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Interleaves tasks into one decoder batch.
 
-    Returns inputs int32[B*T, L], targets int32[B*T, L], loss_mask float32[B*T, L] and
-    parallel bool[B*T]. `parallel` bool[B] applies to the "cap" rows only (CapPa): their target
-    inputs become `mask_id` (tasks.parallel_inputs) and their attention is bidirectional.
+    Each task's arrays are [B, L] (one row per example) or [B, K, L] (K rows, e.g. K regions of
+    data.regions_per_task). Returns inputs int32[B*R, L], targets int32[B*R, L], loss_mask
+    float32[B*R, L] and parallel bool[B*R], R the rows per example over `tasks` (task_rows),
+    example-major: example b's rows are b*R .. b*R + R - 1, in task order. `parallel` bool[B]
+    applies to the "cap" rows only (CapPa): their target inputs become `mask_id`
+    (tasks.parallel_inputs) and their attention is bidirectional.
     """
     ins, tgts, masks, pars = [], [], [], []
+
+    def rows(a):  # [B, L] -> [B, 1, L]; [B, K, L] as is
+        return a[:, None] if a.ndim == 2 else a
+
     for task in tasks:
         x, m = batch[f"{task}/inputs"], batch[f"{task}/loss_mask"]
-        p = jnp.zeros(x.shape[:1], bool)
+        p = jnp.zeros(x.shape[:-1], bool)
         if task == "cap" and parallel is not None:
             x = jnp.where(parallel[:, None], parallel_inputs(x, m, mask_id), x)
             p = parallel
-        ins.append(x)
-        tgts.append(batch[f"{task}/targets"])
-        masks.append(m)
-        pars.append(p)
+        ins.append(rows(x))
+        tgts.append(rows(batch[f"{task}/targets"]))
+        masks.append(rows(m))
+        pars.append(p[:, None] if p.ndim == 1 else p)
 
     def interleave(xs):
-        return jnp.stack(xs, axis=1).reshape((-1,) + xs[0].shape[1:])
+        stacked = jnp.concatenate(xs, axis=1)  # [B, R, ...]
+        return stacked.reshape((-1,) + stacked.shape[2:])
 
     return interleave(ins), interleave(tgts), interleave(masks), interleave(pars)
 
@@ -86,7 +101,7 @@ def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
     """The LocCa training loss and its per-task parts.
 
     batch: "image" uint8 or float[B, H, W, 3] (see model_images) and "{task}/inputs|targets|loss_mask"
-    [B, L] per task.
+    [B, L] or [B, K, L] per task (stack_tasks).
     Loss = sum_t w_t * (sum of task t's masked token losses / its masked token count over the
     global batch). loc_sigma > 0 scores location targets (ids [loc_start, loc_start + num_loc))
     against a Gaussian over neighbouring bins (training/loc_targets.py; a traced value is a
@@ -100,10 +115,12 @@ def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
     if parallel_prob > 0.0 and "cap" in tasks:
         parallel = jax.random.bernoulli(rng_par, parallel_prob, (b,))
     inputs, targets, mask, par = stack_tasks(batch, tasks, parallel=parallel, mask_id=mask_id)
+    n_rows = task_rows(batch, tasks)
+    r = sum(n_rows.values())
     rngs = {"dropout": rng_drop}
     encoded = model.apply({"params": params}, images, train=train, rngs=rngs, method="encode")
-    # [B, N, D] -> [B*T, N, D], example-major like the stacked task rows.
-    encoded = jnp.repeat(encoded, len(tasks), axis=0)
+    # [B, N, D] -> [B*R, N, D], example-major like the stacked task rows.
+    encoded = jnp.repeat(encoded, r, axis=0)
     logits = model.apply({"params": params}, encoded, inputs,
                          parallel=par if parallel is not None else None, train=train,
                          rngs=rngs, method="decode")
@@ -113,17 +130,19 @@ def loss_fn(params: Any, model: Any, batch: Batch, rng: jax.Array, *,
     else:
         xent = token_xent(logits, targets, label_smoothing)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    t = len(tasks)
-    xent, correct, mask = (a.reshape(b, t, -1) for a in (xent, correct, mask))
+    xent, correct, mask = (a.reshape(b, r, -1) for a in (xent, correct, mask))
     aux: dict[str, jax.Array] = {}
     total = jnp.zeros((), jnp.float32)
-    for i, task in enumerate(tasks):
-        m = mask[:, i]
+    start = 0
+    for task in tasks:
+        rows = slice(start, start + n_rows[task])
+        start += n_rows[task]
+        m = mask[:, rows]
         count = jnp.sum(m)
         denom = jnp.maximum(count, 1.0)
-        task_loss = jnp.sum(xent[:, i] * m) / denom
+        task_loss = jnp.sum(xent[:, rows] * m) / denom
         aux[f"{task}/loss"] = task_loss
-        aux[f"{task}/accuracy"] = jnp.sum(correct[:, i] * m) / denom
+        aux[f"{task}/accuracy"] = jnp.sum(correct[:, rows] * m) / denom
         aux[f"{task}/tokens"] = count
         total = total + float(task_weights[task]) * task_loss
     return total, aux
