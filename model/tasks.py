@@ -290,13 +290,16 @@ def format_example(
     task_mix: str = "all",
     task_weights: dict[str, float] | None = None,
     regions_per_task: int = 1,
+    aref_unambiguous: bool = False,
 ) -> dict[str, Any]:
     """All tasks of one example, keyed "{task}/inputs|targets|loss_mask", plus "has_regions".
 
     boxes: float[N, 4] normalized. With regions_per_task K = 1 one region is drawn independently
     for each location task and every array is [L]. With K > 1 the aref and gcap arrays are
     [K, L]: K distinct regions each (drawn without replacement, cycling when the image has fewer),
-    so one encoder pass trains K grounding rows per location task.
+    so one encoder pass trains K grounding rows per location task. aref_unambiguous: aref rows
+    use only regions whose phrase names no other object of the image (unambiguous_regions); an
+    image with none trains no aref row. gcap (box -> phrase) is well defined either way.
     """
     k = int(regions_per_task)
     if k < 1:
@@ -305,7 +308,8 @@ def format_example(
     weights = task_weights or {t: 1.0 for t in TASKS}
     chosen = choose_tasks(rng, has_regions, task_mix, weights)
     # Draw the regions whatever was chosen, so the rng stream does not depend on the task mix.
-    picks = _region_picks(rng, len(phrases), k)
+    aref_from = unambiguous_regions(phrases, boxes) if aref_unambiguous and has_regions else None
+    picks = _region_picks(rng, len(phrases), k, aref_from)
     rows = {t: (1 if t == "cap" else k) for t in TASKS}
     # Same rows as format_task / empty() (both fill through _fill), written into one [R, L + 1]
     # token block and one [R, L] mask block: two allocations per example instead of four per task
@@ -322,6 +326,8 @@ def format_example(
                 prefix, target = _prefix(tok, task), None
             elif task == "cap":
                 prefix, target = _task_ids(tok, "cap", max_len, caption=caption)
+            elif picks[task][j] < 0:  # no unambiguous region for aref in this image
+                prefix, target = _prefix(tok, task), None
             else:
                 i = picks[task][j]
                 prefix, target = _task_ids(tok, task, max_len, phrase=phrases[i], box=boxes[i])
@@ -333,15 +339,52 @@ def format_example(
     return out
 
 
-def _region_picks(rng: np.random.Generator, n: int, k: int) -> dict[str, list[int]]:
-    """Region indices for the aref and gcap rows: k each, of n regions (zeros when n == 0)."""
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def unambiguous_regions(phrases: Sequence[str], boxes: np.ndarray,
+                        same_object_iou: float = 0.7) -> list[int]:
+    """Indices of regions whose phrase could only mean their own object in this image.
+
+    A phrase is ambiguous when its words (lowercase, articles dropped) are a subset of another
+    region's phrase on a different object (box IoU < same_object_iou): "star" beside "red star",
+    or "red star" twice. Pseudo-labels name every instance a query matches, so such a phrase has
+    several right boxes and an aref target of one of them teaches the decoder to ignore the words.
+    boxes: float[N, 4] (y1, x1, y2, x2).
+    """
+    words = [frozenset(str(p).lower().split()) - _ARTICLES for p in phrases]
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    lo, hi = np.maximum(b[:, None, :2], b[None, :, :2]), np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-12)
+    return [i for i in range(len(words))
+            if not any(j != i and iou[i, j] < same_object_iou and words[i] <= words[j]
+                       for j in range(len(words)))]
+
+
+def _region_picks(rng: np.random.Generator, n: int, k: int,
+                  aref_from: list[int] | None = None) -> dict[str, list[int]]:
+    """Region indices for the aref and gcap rows: k each, of n regions (zeros when n == 0).
+
+    aref_from: the regions aref may use (all when None); -1 marks an aref row with none left.
+    """
     if k == 1:  # one independent draw per task: the stream every K = 1 run has always used
-        picks = rng.integers(0, n, size=2).tolist() if n else [0, 0]
-        return {"aref": picks[:1], "gcap": picks[1:]}
-    if not n:
-        return {"aref": [0] * k, "gcap": [0] * k}
-    # np.resize repeats the permutation: distinct regions first, repeats only when n < k.
-    return {t: [int(i) for i in np.resize(rng.permutation(n), k)] for t in ("aref", "gcap")}
+        drawn = rng.integers(0, n, size=2).tolist() if n else [0, 0]
+        picks = {"aref": drawn[:1], "gcap": drawn[1:]}
+    elif not n:
+        picks = {"aref": [0] * k, "gcap": [0] * k}
+    else:
+        # np.resize repeats the permutation: distinct regions first, repeats only when n < k.
+        picks = {t: [int(i) for i in np.resize(rng.permutation(n), k)] for t in ("aref", "gcap")}
+    if aref_from is not None:
+        if not aref_from:
+            picks["aref"] = [-1] * k
+        elif k == 1:
+            picks["aref"] = [aref_from[int(rng.integers(len(aref_from)))]]
+        else:
+            picks["aref"] = [int(i) for i in np.resize(rng.permutation(aref_from), k)]
+    return picks
 
 
 def parallel_inputs(inputs, loss_mask, mask_id: int):

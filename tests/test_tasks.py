@@ -177,6 +177,34 @@ def test_k_regions_per_task_are_distinct_paired_rows(tok, n):
                              phrases=phrases, regions_per_task=0)
 
 
+def test_ambiguous_phrases_train_no_aref_row(tok):
+    """"star" beside "red star" on another object, or one phrase on two objects, names more than
+    one box: with aref_unambiguous such regions never become aref targets (gcap still uses them)."""
+    boxes = np.asarray([[0.0, 0.0, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9], [0.5, 0.5, 0.9, 0.88],
+                        [0.1, 0.6, 0.3, 0.9], [0.6, 0.0, 0.9, 0.3]])
+    phrases = ("red star", "star", "the red star on the left", "blue dog", "blue dog")
+    # 0: "red star" is in "the red star on the left" on another object -> ambiguous
+    # 1: "star" is in "red star" (another object) -> ambiguous
+    # 2: no other phrase holds all of its words
+    # 3, 4: the same phrase on two objects -> both ambiguous
+    assert tasks.unambiguous_regions(phrases, boxes) == [2]
+    same_box = np.asarray([[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.5]])
+    assert tasks.unambiguous_regions(("star", "red star"), same_box) == [0, 1]
+    aref_rows, gcap_rows = set(), set()
+    for seed in range(30):
+        out = tasks.format_example(tok, np.random.default_rng(seed), caption="x", boxes=boxes,
+                                   phrases=phrases, max_len=24, aref_unambiguous=True)
+        m = out["aref/loss_mask"] > 0
+        aref_rows.add(tasks.decode_target("aref", out["aref/targets"][m], tok).text)
+        m = out["gcap/loss_mask"] > 0
+        gcap_rows.add(tasks.decode_target("gcap", out["gcap/targets"][m], tok).text)
+    assert aref_rows == {"the red star on the left"} and len(gcap_rows) > 1
+    none_ok = tasks.format_example(tok, np.random.default_rng(0), caption="x", boxes=boxes[3:],
+                                   phrases=phrases[3:], max_len=24, aref_unambiguous=True,
+                                   regions_per_task=2)
+    assert none_ok["aref/loss_mask"].sum() == 0 and none_ok["gcap/loss_mask"].sum() > 0
+
+
 def test_task_mix_sample(tok):
     boxes, phrases = np.asarray([[0.1, 0.1, 0.5, 0.5]]), ("red dog",)
     counts = dict.fromkeys(tasks.TASKS, 0)

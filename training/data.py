@@ -69,6 +69,9 @@ def options() -> ml_collections.ConfigDict:
     # Rows per location task (aref, gcap) per example: K > 1 decodes K regions of each image
     # against one encoder pass ("{task}/inputs" become [B, K, L]); 1 is the paper's one region.
     c.regions_per_task = 1
+    # aref rows only from regions whose phrase names no other object of the image
+    # (tasks.unambiguous_regions): "star" beside "red star" has several right boxes.
+    c.aref_unambiguous = False
     c.shuffle = True  # global shuffle, reshuffled each epoch from the seed
     c.augment = ml_collections.ConfigDict()
     c.augment.crop = False  # Inception-style random resized crop (boxes clipped or dropped)
@@ -139,6 +142,7 @@ class ExampleTransform(grain.transforms.RandomMap):
         self.regions_per_task = int(config.get("regions_per_task", 1))
         if self.regions_per_task < 1:
             raise DataError(f"data.regions_per_task must be >= 1, got {self.regions_per_task}")
+        self.aref_unambiguous = bool(config.get("aref_unambiguous", False))
         size = int(config.image_size)
         ops: list[Any] = []
         min_side = size
@@ -189,6 +193,7 @@ class ExampleTransform(grain.transforms.RandomMap):
             self.tokenizer, rng, caption=features["caption"], boxes=features["boxes"],
             phrases=features["phrases"], max_len=self.text_len, task_mix=self.task_mix,
             task_weights=self.task_weights, regions_per_task=self.regions_per_task,
+            aref_unambiguous=self.aref_unambiguous,
         )
         out["image"] = features["image"]
         return bad_records.mark_good(out)
