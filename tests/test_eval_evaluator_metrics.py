@@ -27,10 +27,11 @@ QUARTER = (0.5, 0.5, 0.75, 0.75)
 
 
 def _examples(split: str = "val") -> list[RecExample]:
-    """Two expressions on image 1, one on image 2."""
+    """Two expressions on image 1, one on image 2. Image 1 also holds an object at QUARTER."""
     boxes = [GT, (0.5, 0.5, 1.0, 1.0), (0.2, 0.2, 0.6, 0.6)]
-    return [RecExample(i, 1 if i < 2 else 2, f"img{i}.jpg", split, f"thing {i}", box)
-            for i, box in enumerate(boxes)]
+    others = [(QUARTER,), (QUARTER, GT), ()]
+    return [RecExample(i, 1 if i < 2 else 2, f"img{i}.jpg", split, f"thing {i}", box, other)
+            for i, (box, other) in enumerate(zip(boxes, others, strict=True))]
 
 
 PREDS = [np.array(EXACTLY_HALF), np.array(QUARTER), None]  # IoUs 0.5, 0.25, malformed
@@ -38,6 +39,9 @@ EXPECTED = {
     "acc@0.5": 1 / 3, "miou": (0.5 + 0.25 + 0.0) / 3, "malformed": 1 / 3,
     "pointing": 2 / 3,  # both well-formed boxes have their centre inside the truth
     "count": 3.0,
+    # Expression 1 misses its referent but lands exactly on the QUARTER object; expression 0 is
+    # a hit (its other object does not count), expression 2 is malformed.
+    "wrong_object": 1 / 3,
     # Hits per image: image 1 [1, 0], image 2 [0]. Resampling the two images gives the means
     # 1/2 (1,1), 1/3 (1,2 or 2,1) and 0 (2,2), each pure draw a quarter of the time: the 95%
     # interval's ends are 0 and 1/2.

@@ -39,6 +39,9 @@ class RecExample:
     split: str
     sentence: str
     box: tuple[float, float, float, float]
+    # The image's other annotated objects, normalized like `box`: a miss that lands on one of
+    # them picked the wrong object (rec_common.split_metrics' wrong_object).
+    others: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclasses.dataclass
@@ -122,6 +125,9 @@ def load_rec(
     instances = json.loads(inst_path.read_text())
     images = {im["id"]: im for im in instances.get("images", [])}
     anns = {a["id"]: a for a in instances.get("annotations", [])}
+    by_image = collections.defaultdict(list)
+    for a in anns.values():
+        by_image[a.get("image_id")].append(a)
     images_dir = epath.Path(images_dir)
     problems: collections.Counter = collections.Counter()
     examples: list[RecExample] = []
@@ -149,6 +155,11 @@ def load_rec(
             if not exists_cache[key]:
                 problems["missing_image_file"] += 1
                 continue
+        others = tuple(
+            b for b in (coco_box_to_normalized(a["bbox"], height=image["height"],
+                                               width=image["width"])
+                        for a in by_image[image["id"]] if a["id"] != ann["id"] and "bbox" in a)
+            if b is not None)
         sentences = [s.get("sent") or s.get("raw") or "" for s in ref.get("sentences", [])]
         for sent in sentences:
             if not sent.strip():
@@ -162,6 +173,7 @@ def load_rec(
                     split=str(ref.get("split")),
                     sentence=sent.strip(),
                     box=box,
+                    others=others,
                 )
             )
     return RecData(examples=examples, problems=problems)

@@ -84,16 +84,32 @@ def hits(examples: Sequence[RecExample], preds: Sequence[np.ndarray | None]) -> 
     return is_hit(np.nan_to_num(iou, nan=0.0)).astype(np.float64)
 
 
+def wrong_object(examples: Sequence[RecExample], preds: Sequence[np.ndarray | None]) -> np.ndarray:
+    """float[N]: 1 where the prediction misses the referent but hits (IoU >= 0.5) another
+    annotated object of the image: it found an object, not the one the expression names."""
+    hit = hits(examples, preds).astype(bool)
+    out = np.zeros(len(examples))
+    for i, (ex, pred) in enumerate(zip(examples, preds, strict=True)):
+        if hit[i] or pred is None or not ex.others:
+            continue
+        iou = box_iou(np.repeat(np.asarray(pred, np.float64)[None], len(ex.others), 0),
+                      np.asarray(ex.others, np.float64))
+        out[i] = float(is_hit(iou).any())
+    return out
+
+
 def split_metrics(split: str, examples: Sequence[RecExample],
                   preds: Sequence[np.ndarray | None]) -> list[tuple[str, float]]:
     """Acc@0.5 with its 95% image-bootstrap interval (`acc@0.5_lo`/`_hi`), mIoU, malformed,
-    pointing and the expression count of one split."""
+    pointing, wrong_object (misses that land on another object) and the expression count of one
+    split."""
     s = rec_scores(preds, [e.box for e in examples])
     lo, hi = image_bootstrap(hits(examples, preds), [e.image_id for e in examples])
+    wrong = float(wrong_object(examples, preds).mean()) if examples else 0.0
     return [(f"{split}/acc@0.5", s["acc"]), (f"{split}/acc@0.5_lo", lo),
             (f"{split}/acc@0.5_hi", hi), (f"{split}/miou", s["miou"]),
             (f"{split}/malformed", s["malformed"]), (f"{split}/pointing", s["pointing"]),
-            (f"{split}/count", s["count"])]
+            (f"{split}/wrong_object", wrong), (f"{split}/count", s["count"])]
 
 
 def prediction_rows(examples: Sequence[RecExample],
