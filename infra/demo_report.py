@@ -384,6 +384,7 @@ def rec_table(results: dict[str, dict[str, float]], gaps: dict[str, dict | None]
                 cells.append(_interval(r["acc"], r["lo"], r["hi"]) if r else "-")
         g = (gaps.get("main") or {}).get("per_split", {}).get(split)
         cells.append(_interval(g["value"], g["lo"], g["hi"], 1) if g else "-")
+        cells.append(_fmt(results["locca"].get(f"rec/{split}/wrong_object")))
         rows.append(f"<tr><td>{split}</td>" + "".join(f"<td>{html.escape(c)}</td>"
                                                        for c in cells) + "</tr>")
     return "".join(rows)
@@ -501,9 +502,12 @@ width:260px;vertical-align:top}} figcaption{{font-size:12px}}</style>
 <h2>REC per held-out split</h2>
 <p>Acc@0.5 [95% interval]. "Own decoder": the model answers the <code>aref</code> prompt.
 "Transfer": the frozen encoder with a fresh decoder trained on the eval set's train split (the
-paper's protocol). The gap is LocCa minus the captioner on the same expressions, in points.</p>
+paper's protocol). The gap is LocCa minus the captioner on the same expressions, in points.
+"Wrong object": the share of LocCa's answers that miss the referent but land (IoU &ge; 0.5) on
+another object of the image, i.e. it found an object but not the one the expression names.</p>
 <table><tr><th>split</th>{model_heads.replace("</th>", " (own decoder)</th>")}
-{model_heads.replace("</th>", " (transfer)</th>")}<th>transfer gap</th></tr>{rec_rows}</table>
+{model_heads.replace("</th>", " (transfer)</th>")}<th>transfer gap</th>
+<th>LocCa: wrong object</th></tr>{rec_rows}</table>
 {f'<h2>Learning curve</h2><img src="{curve}">' if curve else ""}
 <h2>The eval set beside RefCOCO</h2>{stats or "<p>no corpus/eval/stats.json</p>"}
 <h2>Does the decoder read the image?</h2>
