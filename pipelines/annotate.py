@@ -16,7 +16,9 @@ infra/annotate/; `--setup_file ./setup.py` works too for CPU-only workers):
     --number_of_worker_harness_threads 1 --max_batch_size 32
 
 (one harness thread per GPU worker keeps one model copy per device; set
-XLA_PYTHON_CLIENT_PREALLOCATE=false in the image if several SDK processes share a GPU). Flink/Spark:
+XLA_PYTHON_CLIENT_PREALLOCATE=false in the image if several SDK processes share a GPU). Dask:
+`--runner apache_beam.runners.dask.dask_runner.DaskRunner --dask_client_address HOST:8786
+--dask_npartitions N` (build() says what that runner gets wrong). Flink/Spark:
 `--runner PortableRunner --job_endpoint HOST:8099 --environment_type DOCKER
 --environment_config IMAGE` (or FlinkRunner/SparkRunner with `--flink_master` / `--spark_master_url`).
 
