@@ -21,7 +21,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import tags
+from pipelines import shard_sink, tags
 
 SCORE_BINS = 10  # score histogram over [0, 1]
 AREA_EDGES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0001)  # box area as a fraction of the image
@@ -196,12 +196,14 @@ def build_manifest(
 
 def write_atomic(path: str, payload: bytes | Iterable[bytes]) -> None:
     """Writes `payload` (bytes, or chunks of it, streamed) at `path` via a temp name + rename, on
-    any Beam filesystem: a reader never sees half a file, and a retried write replaces the
-    earlier one."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    any Beam filesystem (in place on an object store: shard_sink.writes_in_place): a reader
+    never sees half a file, and a retried write replaces the earlier one."""
+    tmp = path if shard_sink.writes_in_place(path) else f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(tmp) as f:
         for chunk in [payload] if isinstance(payload, bytes) else payload:
             f.write(chunk)
+    if tmp == path:
+        return
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])

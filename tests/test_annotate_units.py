@@ -386,6 +386,9 @@ def test_shard_sink_atomic_and_idempotent(tmp_path):
     reader = ArrayRecordReader(str(tmp_path / "train-00000-of-00002.array_record"))
     assert reader.read_all() == recs
     assert shard_sink.shard_index("abc", 7) == shard_sink.shard_index("abc", 7) < 7
+    # Object stores get the final name directly (no copy + delete); local disks a temp + rename.
+    assert shard_sink.writes_in_place("gs://b/shards") and not shard_sink.writes_in_place(
+        str(tmp_path))
 
 
 def test_leftover_temp_files_are_removed_where_the_tmp_dir_is_no_object(tmp_path, monkeypatch):
