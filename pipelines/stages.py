@@ -3,7 +3,7 @@
 Every DoFn emits `(tag, value)` pairs on its one output (pipelines/tags.py says why) and routes each
 unit of input to exactly one of: the data it passes on, `DEAD` (a DeadLetter) or `FILTERED` (a
 reason string), so the manifest counts add up on any runner. Labeler batches are cut here, inside
-one call (`max_batch_size` samples of one input file), not by Beam's BatchElements: a batch emitted
+one call (at most `max_batch_size` samples of one input file), not by BatchElements: a batch emitted
 from `finish_bundle` is dropped by Beam 2.77's DaskRunner. Units are also counted in Beam metrics
 (`annotate` namespace) where the runner collects them; time spent per stage goes to
 `time_us/<stage>` counters (the benchmark reads them).
