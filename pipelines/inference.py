@@ -61,7 +61,9 @@ def load_labeler(spec: LabelerSpec) -> Labeler:
 
 
 class LabelerModelHandler(ModelHandler[Prepared, PredictionResult, Labeler]):
-    """RunInference handler: Prepared -> PredictionResult(example, (Detections, fingerprint))."""
+    """RunInference handler (use `.with_no_batching()` on PrepareFn's batches): Prepared ->
+    PredictionResult(example, (Detections, fingerprint)), or (example, LabelerError) for every
+    sample of a batch the labeler failed on."""
 
     def __init__(self, spec: LabelerSpec, *, large_model: bool = False):
         super().__init__(large_model=large_model)
