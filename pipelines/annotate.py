@@ -16,7 +16,9 @@ infra/annotate/; `--setup_file ./setup.py` works too for CPU-only workers):
     --number_of_worker_harness_threads 1 --max_batch_size 32
 
 (one harness thread per GPU worker keeps one model copy per device; set
-XLA_PYTHON_CLIENT_PREALLOCATE=false in the image if several SDK processes share a GPU). Flink/Spark:
+XLA_PYTHON_CLIENT_PREALLOCATE=false in the image if several SDK processes share a GPU). Dask:
+`--runner apache_beam.runners.dask.dask_runner.DaskRunner --dask_client_address HOST:8786
+--dask_npartitions N` (build() says what that runner gets wrong). Flink/Spark:
 `--runner PortableRunner --job_endpoint HOST:8099 --environment_type DOCKER
 --environment_config IMAGE` (or FlinkRunner/SparkRunner with `--flink_master` / `--spark_master_url`).
 
@@ -42,11 +44,11 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
 
-from pipelines import finalize, stages  # noqa: E402
+from pipelines import finalize, stages, tags  # noqa: E402
 from pipelines import manifest as manifest_lib  # noqa: E402
 from pipelines.decode import DecodeConfig  # noqa: E402
 from pipelines.postprocess import PostprocessConfig  # noqa: E402
-from pipelines.sources import FORMATS, DeadLetter, SourceConfig  # noqa: E402
+from pipelines.sources import FORMATS, SourceConfig  # noqa: E402
 
 # RunInference and the model handler are imported inside build(): Beam's RunInference imports torch
 # when it is installed (seconds), which flag and path errors should not wait for.
@@ -88,8 +90,8 @@ class AnnotateOptions(PipelineOptions):
         a("--store_max_side", type=int, default=0, help="resize stored images; 0 keeps size")
         a("--detect_max_side", type=int, default=1024, help="longest side given to the labeler")
         a("--jpeg_quality", type=int, default=90)
-        a("--min_batch_size", type=int, default=1)
-        a("--max_batch_size", type=int, default=16)
+        a("--max_batch_size", type=int, default=16,
+          help="samples per labeler batch (cut from one input file at a time)")
         a("--preview_size", type=int, default=24, help="annotated images in preview.html")
         a("--progress", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
           help="progress lines on stderr (default: on for local runners)")
@@ -133,13 +135,10 @@ def check_options(opts: AnnotateOptions) -> list[str]:
         raise _fail(f"--score_threshold {opts.score_threshold} must be in [0, 1]")
     if not 0.0 < opts.nms_iou <= 1.0:
         raise _fail(f"--nms_iou {opts.nms_iou} must be in (0, 1]; 1.0 disables NMS")
-    for name in ("max_boxes", "max_ngram", "max_batch_size", "min_batch_size", "max_pixels",
-                 "max_queries", "max_words", "max_caption_chars"):
+    for name in ("max_boxes", "max_ngram", "max_batch_size", "max_pixels", "max_queries",
+                 "max_words", "max_caption_chars"):
         if getattr(opts, name) < 1:
             raise _fail(f"--{name} must be >= 1, got {getattr(opts, name)}")
-    if opts.min_batch_size > opts.max_batch_size:
-        raise _fail(f"--min_batch_size {opts.min_batch_size} is above --max_batch_size "
-                    f"{opts.max_batch_size}; lower it or raise --max_batch_size")
     if not 0.0 <= opts.min_box_size <= 1.0:  # NaN fails too
         raise _fail(f"--min_box_size {opts.min_box_size} must be in [0, 1] (normalized side)")
     if opts.preview_size < 0:
@@ -205,7 +204,13 @@ def _config_dict(options: PipelineOptions) -> dict:
 
 
 def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dict) -> None:
-    """Adds the whole annotate graph to `p`."""
+    """Adds the whole annotate graph to `p`.
+
+    Built from what every runner here executes alike (Beam 2.77's DaskRunner included): each step
+    has one output of (tag, value) pairs, split by FlatMaps (pipelines/tags.py); labeler batches
+    are cut inside a call, not in finish_bundle (stages.py); no side inputs; and every sink feeds
+    the last step (Finalize), since the DaskRunner computes only what the last step needs.
+    """
     from apache_beam.ml.inference.base import RunInference
 
     from pipelines.inference import LabelerModelHandler, LabelerSpec
@@ -214,68 +219,51 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dic
     runner = (p.options.view_as(StandardOptions).runner or "DirectRunner")
     runner = runner if isinstance(runner, str) else type(runner).__name__
     progress = opts.progress if opts.progress is not None else runner.lower() in LOCAL_RUNNERS
+
+    def values(pc: beam.PCollection, tag: str, label: str) -> beam.PCollection:
+        return pc | label >> beam.FlatMap(tags.values_of, tag)
+
     src = SourceConfig(opts.input_format, opts.image_key, opts.text_key, opts.json_key)
     read = (
         p
         | "Files" >> beam.Create(files)
         | "SpreadFiles" >> beam.Reshuffle()  # Create is one bundle: spread files over workers.
-        | "Read" >> beam.ParDo(stages.ReadFileFn(src)).with_outputs(
-            stages.DEAD, stages.READ, main="samples")
+        | "Read" >> beam.ParDo(stages.ReadFileFn(src, opts.max_batch_size))
     )
     decode = DecodeConfig(max_pixels=opts.max_pixels, min_side=opts.min_image_side,
                           store_max_side=opts.store_max_side,
                           detect_max_side=opts.detect_max_side, jpeg_quality=opts.jpeg_quality)
     queries = stages.QueryConfig(opts.max_ngram, opts.max_queries, opts.max_words)
-    prepared = read.samples | "DecodeAndQuery" >> beam.ParDo(stages.PrepareFn(
-        decode, queries, keep_empty_captions=opts.keep_empty_captions,
-        max_caption_chars=opts.max_caption_chars, progress=progress,
-    )).with_outputs(stages.DEAD, stages.NOTE, main="prepared")
+    prepared = values(read, tags.SAMPLES, "Samples") | "DecodeAndQuery" >> beam.ParDo(
+        stages.PrepareFn(decode, queries, keep_empty_captions=opts.keep_empty_captions,
+                         max_caption_chars=opts.max_caption_chars, progress=progress))
     handler = LabelerModelHandler(LabelerSpec(opts.labeler, opts.owlvit_checkpoint,
-                                              opts.grit_spans),
-                                  min_batch_size=opts.min_batch_size,
-                                  max_batch_size=opts.max_batch_size)
-    inferred, failed = (prepared.prepared
-                        | "Detect" >> RunInference(handler).with_exception_handling())
-    labeler_dead = failed.failed_inferences | "LabelerErrors" >> beam.FlatMap(
-        stages.failed_batch_to_dead)
+                                              opts.grit_spans))
+    inferred = (values(prepared, tags.PREPARED, "Batches")
+                | "Detect" >> RunInference(handler.with_no_batching()))
     post = PostprocessConfig(opts.score_threshold, opts.nms_iou, opts.max_boxes, opts.min_box_size)
     records = inferred | "ToRecord" >> beam.ParDo(stages.ToRecordFn(
-        post, num_shards=num_shards, require_boxes=opts.require_boxes,
-    )).with_outputs(stages.DEAD, stages.FILTERED, stages.SUMMARY, stages.LABELER, stages.PREVIEW,
-                    stages.NOTE, main="records")
-    notes = ((prepared[stages.NOTE], records[stages.NOTE])
-             | "AllNotes" >> beam.Flatten())
-    shards = (records.records
+        post, num_shards=num_shards, require_boxes=opts.require_boxes))
+    shards = (values(records, tags.RECORD, "Records")
               | "GroupByShard" >> beam.GroupByKey()
               | "WriteShards" >> beam.ParDo(stages.WriteShardFn(opts.output, opts.split,
                                                                 num_shards)))
-    dead = ((read[stages.DEAD], prepared[stages.DEAD], labeler_dead, records[stages.DEAD])
-            | "AllDead" >> beam.Flatten())
-    _ = (dead
-         | "DeadJson" >> beam.Map(DeadLetter.to_json)
-         | "WriteDead" >> beam.io.WriteToText(
-             FileSystems.join(opts.output, "dead_letters"), file_name_suffix=".jsonl",
-             num_shards=1, shard_name_template=""))
-    side = beam.pvalue.AsList
-    count_by = lambda pc, label: (pc | label >> beam.combiners.Count.PerElement())  # noqa: E731
+    dead_written = (
+        [values(pc, tags.DEAD, f"DeadOf{name}")
+         for pc, name in ((read, "Read"), (prepared, "Decode"), (records, "ToRecord"))]
+        | "AllDead" >> beam.Flatten()
+        | "OneFile" >> beam.WithKeys(lambda _: 0)
+        | "GroupDead" >> beam.GroupByKey()
+        | "WriteDead" >> beam.ParDo(stages.WriteDeadLettersFn(opts.output)))
     _ = (
-        p
-        | "Once" >> beam.Create([None])
-        | "Finalize" >> beam.ParDo(
-            finalize.Finalize({"output": opts.output, "split": opts.split, "labeler": opts.labeler},
-                     num_shards, config),
-            side(read[stages.READ]),
-            side(shards),
-            side(count_by(dead | "Reason" >> beam.Map(lambda d: d.reason), "DeadByReason")),
-            side(count_by(records[stages.FILTERED], "FilteredByReason")),
-            side(count_by(notes, "NotesByKind")),
-            side(records[stages.SUMMARY]
-                 | "BoxStats" >> beam.CombineGlobally(manifest_lib.BoxStatsFn()).without_defaults()),
-            side(records[stages.LABELER] | "Labelers" >> beam.Distinct()),
-            side(records[stages.PREVIEW]
-                 | "PreviewSample" >> beam.combiners.Top.Smallest(opts.preview_size)
-                 | "Flat" >> beam.FlatMap(lambda xs: xs)),
-        )
+        (read, prepared, records, shards, dead_written)
+        | "AllOutputs" >> beam.Flatten()
+        | "Facts" >> beam.Filter(tags.is_fact)
+        | "Summarize" >> beam.CombineGlobally(
+            manifest_lib.ManifestFn(opts.preview_size)).without_defaults()
+        | "Finalize" >> beam.ParDo(finalize.Finalize(
+            {"output": opts.output, "split": opts.split, "labeler": opts.labeler},
+            num_shards, config))
     )
 
 
@@ -333,7 +321,11 @@ def run_with_metrics(argv: list[str] | None = None) -> tuple[dict, dict[str, int
     p = beam.Pipeline(options=options)
     build(p, opts, files, config)
     result = p.run()
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    finally:
+        if getattr(result, "client", None) is not None:  # DaskRunner: its client stays open
+            result.client.close()
     if getattr(result, "job", None) is not None and options.get_all_options().get("dry_run"):
         # Dataflow's --dry_run: the job was built and validated, nothing was submitted.
         steps = len(result.job.proto_pipeline.components.transforms)
@@ -341,7 +333,11 @@ def run_with_metrics(argv: list[str] | None = None) -> tuple[dict, dict[str, int
               f"{len(files)} input files), not submitted", file=sys.stderr)
         return {"dry_run": True, "transforms": steps, "input_files": len(files)}, {}
     metrics: dict[str, int] = {}
-    for c in result.metrics().query()["counters"]:
+    try:
+        counters = result.metrics().query()["counters"]
+    except NotImplementedError:  # DaskRunner collects no metrics; the manifest has the counts
+        counters = []
+    for c in counters:
         if c.key.metric.namespace.startswith("annotate"):
             name = c.key.metric.name
             metrics[name] = metrics.get(name, 0) + int(c.committed or c.attempted or 0)

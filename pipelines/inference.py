@@ -1,9 +1,13 @@
 """Beam RunInference glue: the element handed to the labeler and the ModelHandler that runs it.
 
 The labeler is loaded once per worker process by `load_model` (RunInference's shared-model idiom) and
-called on batches built by Beam's BatchElements. Decoding and validation happen before, in a ParDo with
-its own dead-letter output, because RunInference's error output drops a whole batch on one failure.
-The OWL-ViT labeler is imported only when it is asked for, so the pipeline runs without it.
+called on the batches stages.PrepareFn cut (`.with_no_batching()`: Beam's BatchElements emits its
+last batch from finish_bundle, which Beam 2.77's DaskRunner drops). Decoding and validation happen
+before, in a ParDo with its own dead letters, because a labeler error fails the whole batch: the
+handler catches it and passes each sample on marked as a `stages.LabelerError` (RunInference's
+own `with_exception_handling` routes errors through a tagged output, which the DaskRunner
+mixes up). The OWL-ViT labeler is imported only when it is asked for, so the pipeline runs
+without it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipelines.labelers.base import Detections, Labeler, LabelerInput
-from pipelines.stages import Prepared
+from pipelines.stages import LabelerError, Prepared, describe_error
 
 LABELERS = ("reference", "owlvit", "grit")  # keep in step with pipelines.annotate.LABELERS
 
@@ -57,12 +61,12 @@ def load_labeler(spec: LabelerSpec) -> Labeler:
 
 
 class LabelerModelHandler(ModelHandler[Prepared, PredictionResult, Labeler]):
-    """RunInference handler: Prepared -> PredictionResult(example, (Detections, fingerprint))."""
+    """RunInference handler (use `.with_no_batching()` on PrepareFn's batches): Prepared ->
+    PredictionResult(example, (Detections, fingerprint)), or (example, LabelerError) for every
+    sample of a batch the labeler failed on."""
 
-    def __init__(self, spec: LabelerSpec, *, min_batch_size: int = 1, max_batch_size: int = 16,
-                 large_model: bool = False):
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                         large_model=large_model)
+    def __init__(self, spec: LabelerSpec, *, large_model: bool = False):
+        super().__init__(large_model=large_model)
         self._spec = spec
         self._detect_us = Metrics.counter("annotate", "time_us/detect")
 
@@ -77,15 +81,18 @@ class LabelerModelHandler(ModelHandler[Prepared, PredictionResult, Labeler]):
                          caption=p.caption)
             for p in batch
         ]
-        detections: list[Detections] = model.detect(inputs)
-        if len(detections) != len(batch):
-            raise RuntimeError(f"labeler returned {len(detections)} results for {len(batch)} inputs")
+        try:
+            detections: list[Detections] = model.detect(inputs)
+            if len(detections) != len(batch):
+                raise RuntimeError(f"labeler returned {len(detections)} results for {len(batch)} "
+                                   "inputs")
+            answers = [(d, model.fingerprint) for d in detections]
+        except Exception as e:  # noqa: BLE001 - one bad batch must not fail the whole job
+            answers = [LabelerError(describe_error(e))] * len(batch)
         self._detect_us.inc(int((time.perf_counter() - start) * 1e6))
-        fingerprint = model.fingerprint
-        for p, d in zip(batch, detections, strict=True):
-            # The labeler is done with the pixels: don't carry them downstream.
-            yield PredictionResult(example=dataclasses.replace(p, pixels=None),
-                                   inference=(d, fingerprint))
+        # The labeler is done with the pixels: don't carry them downstream.
+        return [PredictionResult(example=dataclasses.replace(p, pixels=None), inference=a)
+                for p, a in zip(batch, answers, strict=True)]
 
     def get_num_bytes(self, batch: Sequence[Prepared]) -> int:
         return sum(len(p.image) + (p.pixels.nbytes if p.pixels is not None else 0) for p in batch)

@@ -1,20 +1,27 @@
 """The run's manifest: counts that add up, box statistics, configuration, labeler, shard list.
 
-`BoxStatsFn` is a mergeable Beam CombineFn over per-record summaries, so the statistics cost one small
-accumulator per worker at any scale. `build_manifest` assembles the JSON document and checks the
-invariant `read == written + dead_lettered + filtered`; `write_json` writes it atomically through
-Beam FileSystems (temp name, then rename).
+`ManifestFn` is one mergeable Beam CombineFn over the pipeline's facts (pipelines/tags.py: units
+read, dead letters written by reason, filtered, notes, per-record box summaries via `BoxStatsFn`,
+labeler fingerprints, preview candidates, shard counts), so the whole manifest costs one small
+accumulator per worker at any scale and reaches the last step as its one main input (no side
+inputs, which Beam 2.77's DaskRunner computes again inside the consuming task). `build_manifest`
+assembles the JSON document and checks the invariant `read == written + dead_lettered + filtered`;
+`write_json` writes it atomically through Beam FileSystems (temp name, then rename).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+
+from pipelines import shard_sink, tags
 
 SCORE_BINS = 10  # score histogram over [0, 1]
 AREA_EDGES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0001)  # box area as a fraction of the image
@@ -81,6 +88,78 @@ class BoxStatsFn(beam.CombineFn):
         }
 
 
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for k, v in counts.items():
+        into[k] = into.get(k, 0) + v
+
+
+class ManifestFn(beam.CombineFn):
+    """(tag, value) facts -> everything Finalize needs, as one dict: `read`, `dead_lettered`,
+    `filtered` and `notes` (by reason), `boxes` (BoxStatsFn's output), `labelers` (sorted),
+    `previews` (the `preview_size` smallest (rank, record) pairs, sorted), `shards` ({index:
+    records}), `dead_letters_written` (whether dead_letters.jsonl was written)."""
+
+    def __init__(self, preview_size: int):
+        self._n = preview_size
+        self._boxes = BoxStatsFn()
+
+    def create_accumulator(self) -> dict:
+        return {"read": 0, "dead": {}, "filtered": {}, "notes": {}, "dead_written": False,
+                "boxes": self._boxes.create_accumulator(), "labelers": set(), "previews": [],
+                "shards": {}}
+
+    def _keep_previews(self, acc: dict) -> None:
+        if len(acc["previews"]) > 2 * self._n:  # trim now and then, not at every record
+            acc["previews"] = heapq.nsmallest(self._n, acc["previews"])
+
+    def add_input(self, acc: dict, fact: tuple[str, Any]) -> dict:
+        tag, value = fact
+        if tag == tags.READ:
+            acc["read"] += value
+        elif tag == tags.DEAD_WRITTEN:
+            _add_counts(acc["dead"], value)
+            acc["dead_written"] = True
+        elif tag in (tags.FILTERED, tags.NOTE):
+            _add_counts(acc["filtered" if tag == tags.FILTERED else "notes"], {value: 1})
+        elif tag == tags.SUMMARY:
+            acc["boxes"] = self._boxes.add_input(acc["boxes"], value)
+        elif tag == tags.LABELER:
+            acc["labelers"].add(value)
+        elif tag == tags.PREVIEW:
+            acc["previews"].append(value)
+            self._keep_previews(acc)
+        elif tag == tags.SHARD:
+            index, count = value  # a retried shard write reports the same count twice
+            acc["shards"][index] = max(acc["shards"].get(index, 0), count)
+        else:
+            raise ValueError(f"not a manifest fact: {tag!r}")
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
+        out = self.create_accumulator()
+        accs = list(accs)
+        for a in accs:
+            out["read"] += a["read"]
+            for field in ("dead", "filtered", "notes"):
+                _add_counts(out[field], a[field])
+            out["dead_written"] |= a["dead_written"]
+            out["labelers"] |= a["labelers"]
+            out["previews"] += a["previews"]
+            self._keep_previews(out)
+            for index, count in a["shards"].items():
+                out["shards"][index] = max(out["shards"].get(index, 0), count)
+        out["boxes"] = self._boxes.merge_accumulators([a["boxes"] for a in accs])
+        return out
+
+    def extract_output(self, acc: dict) -> dict:
+        return {"read": acc["read"], "dead_lettered": acc["dead"], "filtered": acc["filtered"],
+                "notes": acc["notes"], "dead_letters_written": acc["dead_written"],
+                "boxes": self._boxes.extract_output(acc["boxes"]),
+                "labelers": sorted(acc["labelers"]),
+                "previews": sorted(heapq.nsmallest(self._n, acc["previews"])),
+                "shards": acc["shards"]}
+
+
 def build_manifest(
     *,
     read: int,
@@ -115,12 +194,16 @@ def build_manifest(
     }
 
 
-def write_atomic(path: str, payload: bytes) -> None:
-    """Writes `payload` at `path` via a temp name + rename, on any Beam filesystem: a reader
+def write_atomic(path: str, payload: bytes | Iterable[bytes]) -> None:
+    """Writes `payload` (bytes, or chunks of it, streamed) at `path` via a temp name + rename, on
+    any Beam filesystem (in place on an object store: shard_sink.writes_in_place): a reader
     never sees half a file, and a retried write replaces the earlier one."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = path if shard_sink.writes_in_place(path) else f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(tmp) as f:
-        f.write(payload)
+        for chunk in [payload] if isinstance(payload, bytes) else payload:
+            f.write(chunk)
+    if tmp == path:
+        return
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])

@@ -4,7 +4,9 @@ array_record's own Beam sink writes to local disk only. Here records are grouped
 shard key (a hash of the record key, so a retried bundle sends every record to the same shard), each
 shard is written to a local temp file with `group_size:1` (Grain's random access needs it), copied
 through `apache_beam.io.filesystems.FileSystems` to `OUT/.tmp/`, and renamed to its final name only
-when complete. A rename that happens twice writes the same shard twice: the result is the same.
+when complete. On an object store (gs://) the copy goes straight to the final name: an object
+appears only whole, when its upload ends, and a rename there is a copy plus a delete
+(`writes_in_place`). A shard written twice is the same shard: the result is the same.
 `finalize_shards` then writes empty shards for indices that got no records (so every name in
 `-of-N` exists), and deletes shards of an earlier run with a different N (a rerun never leaves a
 mix of two shardings next to each other).
@@ -40,6 +42,12 @@ def shard_index(key: str, num_shards: int) -> int:
     """Deterministic across processes and runs (Python's hash() is salted per process)."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % num_shards
+
+
+def writes_in_place(path: str) -> bool:
+    """Whether files under `path` are written at their final name (object stores: an object is
+    visible only once complete, and rename is copy + delete) rather than temp name + rename."""
+    return FileSystems.get_scheme(path) not in (None, "file")
 
 
 def _copy_to(local_path: str, dest: str) -> None:
@@ -88,8 +96,11 @@ def write_shard(output_dir: str, name: str, keyed: Iterable[tuple[str, bytes]]) 
             reader.close()
             writer.close()
         count = len(order)
-        tmp = FileSystems.join(output_dir, TMP_DIR, f"{name}.{uuid.uuid4().hex}")
         final = FileSystems.join(output_dir, name)
+        if writes_in_place(output_dir):
+            _copy_to(local, final)
+            return count
+        tmp = FileSystems.join(output_dir, TMP_DIR, f"{name}.{uuid.uuid4().hex}")
         _copy_to(local, tmp)
         if FileSystems.exists(final):
             FileSystems.delete([final])  # A retry or rerun replaces it with identical content.

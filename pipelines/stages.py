@@ -1,9 +1,12 @@
 """The annotate pipeline's DoFns: read files, decode + build queries, post-process to records, write.
 
-Every DoFn routes each unit of input to exactly one of: the main output, `DEAD` (a DeadLetter) or
-`FILTERED` (a reason string), and counts it in Beam metrics (`annotate` namespace), so the manifest
-counts add up on any runner. Time spent per stage goes to `time_us/<stage>` counters (the benchmark
-reads them).
+Every DoFn emits `(tag, value)` pairs on its one output (pipelines/tags.py says why) and routes each
+unit of input to exactly one of: the data it passes on, `DEAD` (a DeadLetter) or `FILTERED` (a
+reason string), so the manifest counts add up on any runner. Labeler batches are cut here, inside
+one call (at most `max_batch_size` samples of one input file), not by BatchElements: a batch emitted
+from `finish_bundle` is dropped by Beam 2.77's DaskRunner. Units are also counted in Beam metrics
+(`annotate` namespace) where the runner collects them; time spent per stage goes to
+`time_us/<stage>` counters (the benchmark reads them).
 """
 
 from __future__ import annotations
@@ -22,14 +25,26 @@ from apache_beam.metrics import Metrics
 from pipelines import record as record_lib
 from pipelines import shard_sink
 from pipelines.decode import BadInput, DecodeConfig, decode_image
-from pipelines.manifest import record_summary
+from pipelines.manifest import record_summary, write_atomic
 from pipelines.postprocess import PostprocessConfig, select_regions
 from pipelines.queries import queries_from_alt_text
 from pipelines.sources import DeadLetter, RawSample, SourceConfig, read_file
+from pipelines.tags import (
+    DEAD,
+    DEAD_WRITTEN,
+    FILTERED,
+    LABELER,
+    NOTE,
+    PREPARED,
+    PREVIEW,
+    READ,
+    RECORD,
+    SAMPLES,
+    SHARD,
+    SUMMARY,
+)
 
 NS = "annotate"
-DEAD, FILTERED, READ, NOTE, SUMMARY, LABELER, PREVIEW = (
-    "dead", "filtered", "read", "note", "summary", "labeler", "preview")
 
 
 @dataclasses.dataclass
@@ -59,15 +74,17 @@ def _us(start: float) -> int:
 
 
 class ReadFileFn(beam.DoFn):
-    """Path -> RawSample (main), DeadLetter (DEAD), and the file's unit count (READ)."""
+    """Path -> (SAMPLES, [RawSample]) batches of at most `batch_size`, (DEAD, DeadLetter), and
+    (READ, the file's unit count)."""
 
-    def __init__(self, config: SourceConfig):
-        self._config = config
+    def __init__(self, config: SourceConfig, batch_size: int):
+        self._config, self._batch_size = config, batch_size
         self._read = Metrics.counter(NS, "read")
         self._time = Metrics.counter(NS, "time_us/read")
 
-    def process(self, path: str) -> Iterator:
+    def process(self, path: str) -> Iterator[tuple[str, Any]]:
         n = 0
+        batch: list[RawSample] = []
         start = time.perf_counter()
         try:
             with FileSystems.open(path) as f:
@@ -76,19 +93,24 @@ class ReadFileFn(beam.DoFn):
                     self._time.inc(_us(start))
                     if isinstance(item, DeadLetter):
                         Metrics.counter(NS, f"dead_letter/{item.reason}").inc()
-                        yield beam.pvalue.TaggedOutput(DEAD, item)
+                        yield DEAD, item
                     else:
-                        yield item
+                        batch.append(item)
+                        if len(batch) == self._batch_size:
+                            yield SAMPLES, batch
+                            batch = []
                     start = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - one bad file must not fail the whole job
             # Unreadable, vanished or corrupt in a way its reader does not name (a garbage length
             # field, a column of the wrong type): the rest of the file is one dead letter, so the
             # counts still add up (read = written + dead-lettered + filtered).
             n += 1
-            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
-                path, "unreadable_file", f"{type(e).__name__}: {e} (after {n - 1} items)"))
+            yield DEAD, DeadLetter(path, "unreadable_file",
+                                   f"{type(e).__name__}: {e} (after {n - 1} items)")
+        if batch:  # the samples read before the end (or the error) still go on
+            yield SAMPLES, batch
         self._read.inc(n)
-        yield beam.pvalue.TaggedOutput(READ, n)
+        yield READ, n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +121,8 @@ class QueryConfig:
 
 
 class PrepareFn(beam.DoFn):
-    """RawSample -> Prepared (main) or DeadLetter (DEAD); NOTE for kept-but-changed samples.
+    """[RawSample] -> (PREPARED, [Prepared]) (one labeler batch) and a (DEAD, DeadLetter) per
+    sample it drops; (NOTE, kind) for kept-but-changed samples.
 
     Captions: not UTF-8 -> `caption_not_utf8`; empty or whitespace-only -> `empty_caption` unless
     keep_empty_captions; longer than max_caption_chars -> cut at a word boundary (NOTE
@@ -126,11 +149,22 @@ class PrepareFn(beam.DoFn):
             print(f"annotate: {self._seen:,} images decoded in this worker ({rate:.1f}/s)",
                   file=sys.stderr, flush=True)
 
-    def _dead(self, sample: RawSample, reason: str, detail: str = ""):
+    def _dead(self, sample: RawSample, reason: str, detail: str = "") -> tuple[str, DeadLetter]:
         Metrics.counter(NS, f"dead_letter/{reason}").inc()
-        return beam.pvalue.TaggedOutput(DEAD, DeadLetter(sample.source, reason, detail))
+        return DEAD, DeadLetter(sample.source, reason, detail)
 
-    def process(self, sample: RawSample) -> Iterator:
+    def process(self, samples: list[RawSample]) -> Iterator[tuple[str, Any]]:
+        batch = []
+        for sample in samples:
+            for tag, value in self._prepare(sample):
+                if tag == PREPARED:
+                    batch.append(value)
+                else:
+                    yield tag, value
+        if batch:
+            yield PREPARED, batch
+
+    def _prepare(self, sample: RawSample) -> Iterator[tuple[str, Any]]:
         self._tick()
         start = time.perf_counter()
         try:
@@ -146,7 +180,7 @@ class PrepareFn(beam.DoFn):
             cut = caption[: self._max_chars]
             caption = cut.rsplit(None, 1)[0] if " " in cut else cut
             Metrics.counter(NS, "note/caption_truncated").inc()
-            yield beam.pvalue.TaggedOutput(NOTE, "caption_truncated")
+            yield NOTE, "caption_truncated"
         try:
             image = decode_image(sample.image or b"", self._decode)
         except BadInput as e:
@@ -159,17 +193,27 @@ class PrepareFn(beam.DoFn):
         queries = queries_from_alt_text(caption, max_ngram=q.max_ngram, max_queries=q.max_queries,
                                         max_words=q.max_words)
         self._t_query.inc(_us(start))
-        yield Prepared(key=sample.key, source=sample.source, caption=caption, image=image.stored,
-                       height=image.height, width=image.width, pixels=image.pixels,
-                       queries=queries, metadata=sample.metadata)
+        yield PREPARED, Prepared(
+            key=sample.key, source=sample.source, caption=caption, image=image.stored,
+            height=image.height, width=image.width, pixels=image.pixels, queries=queries,
+            metadata=sample.metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelerError:
+    """The labeler failed on the batch this sample was in ('Type: message'); the sample becomes a
+    `labeler_error` dead letter (inference.LabelerModelHandler catches the error)."""
+
+    detail: str
 
 
 class ToRecordFn(beam.DoFn):
-    """PredictionResult -> (shard index, (record key, record bytes)); FILTERED / DEAD otherwise.
+    """PredictionResult -> (RECORD, (shard index, (record key, record bytes))); FILTERED / DEAD
+    otherwise.
 
-    Side outputs for the manifest: SUMMARY (box statistics), LABELER (fingerprint), PREVIEW
-    (a deterministic hash rank + record bytes, so the preview sample is the same on every run),
-    NOTE (one per candidate the labeler dropped, by reason).
+    For the manifest: SUMMARY (box statistics), LABELER (fingerprint), PREVIEW (a deterministic
+    hash rank + record bytes, so the preview sample is the same on every run), NOTE (one per
+    candidate the labeler dropped, by reason).
     """
 
     def __init__(self, post: PostprocessConfig, *, num_shards: int, require_boxes: bool):
@@ -178,22 +222,26 @@ class ToRecordFn(beam.DoFn):
         self._boxes = Metrics.counter(NS, "boxes_kept")
         self._t_post = Metrics.counter(NS, "time_us/postprocess")
 
-    def process(self, result) -> Iterator:
+    def process(self, result) -> Iterator[tuple[str, Any]]:
         start = time.perf_counter()
         p: Prepared = result.example
+        if isinstance(result.inference, LabelerError):
+            Metrics.counter(NS, "dead_letter/labeler_error").inc()
+            yield DEAD, DeadLetter(p.source, "labeler_error", result.inference.detail)
+            return
         detections, fingerprint = result.inference
         for note in detections.notes:  # candidates the labeler dropped (bad GRIT chunks)
             Metrics.counter(NS, f"note/{note}").inc()
-            yield beam.pvalue.TaggedOutput(NOTE, note)
+            yield NOTE, note
         try:
             regions = select_regions(detections, p.queries, self._post)
         except ValueError as e:
             Metrics.counter(NS, "dead_letter/bad_detections").inc()
-            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(p.source, "bad_detections", str(e)))
+            yield DEAD, DeadLetter(p.source, "bad_detections", str(e))
             return
         if self._require and not regions.phrases:
             Metrics.counter(NS, "filtered/no_boxes").inc()
-            yield beam.pvalue.TaggedOutput(FILTERED, "no_boxes")
+            yield FILTERED, "no_boxes"
             return
         rec = record_lib.Record(
             key=p.key, source=p.source, image=p.image, height=p.height, width=p.width,
@@ -204,51 +252,59 @@ class ToRecordFn(beam.DoFn):
             data = record_lib.encode(rec)
         except record_lib.RecordError as e:
             Metrics.counter(NS, "dead_letter/invalid_record").inc()
-            yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(p.source, "invalid_record", str(e)))
+            yield DEAD, DeadLetter(p.source, "invalid_record", str(e))
             return
         self._written.inc()
         self._boxes.inc(len(regions.phrases))
         self._t_post.inc(_us(start))
-        yield beam.pvalue.TaggedOutput(
-            SUMMARY, record_summary(regions.scores, regions.boxes, regions.phrases))
-        yield beam.pvalue.TaggedOutput(LABELER, fingerprint)
-        rank = shard_sink.shard_index("preview/" + p.key, 1 << 62)
-        yield beam.pvalue.TaggedOutput(PREVIEW, (rank, data))
+        yield SUMMARY, record_summary(regions.scores, regions.boxes, regions.phrases)
+        yield LABELER, fingerprint
+        yield PREVIEW, (shard_sink.shard_index("preview/" + p.key, 1 << 62), data)
         # The key travels with the record: WriteShardFn writes each shard in key order.
-        yield shard_sink.shard_index(p.key, self._num_shards), (p.key, data)
+        yield RECORD, (shard_sink.shard_index(p.key, self._num_shards), (p.key, data))
 
 
 class WriteShardFn(beam.DoFn):
-    """(shard index, (key, record) pairs) -> (shard index, record count); the shard is written
-    atomically, in key order (shard_sink.write_shard)."""
+    """(shard index, (key, record) pairs) -> (SHARD, (shard index, record count)); the shard is
+    written atomically, in key order (shard_sink.write_shard)."""
 
     def __init__(self, output_dir: str, split: str, num_shards: int):
         self._out, self._split, self._n = output_dir, split, num_shards
         self._t_write = Metrics.counter(NS, "time_us/write")
 
-    def process(self, element) -> Iterator[tuple[int, int]]:
+    def process(self, element) -> Iterator[tuple[str, tuple[int, int]]]:
         index, records = element
         start = time.perf_counter()
         name = shard_sink.shard_name(self._split, index, self._n)
         count = shard_sink.write_shard(self._out, name, records)
         self._t_write.inc(_us(start))
-        yield index, count
+        yield SHARD, (index, count)
 
 
-def describe_error(exc: Any) -> str:
-    """'Type: message' of an exception, or of Beam's (type, repr, traceback) error tuple."""
-    if isinstance(exc, BaseException):
-        return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, tuple) and len(exc) >= 2:
-        kind = getattr(exc[0], "__name__", exc[0])
-        return f"{kind}: {exc[1]}"
-    return str(exc)
+DEAD_LETTERS = "dead_letters.jsonl"
 
 
-def failed_batch_to_dead(failure) -> Iterator[DeadLetter]:
-    """RunInference's error output (batch, error) -> one dead letter per element. The error is
-    Beam's (type, repr, traceback) tuple (or an exception)."""
-    batch, exc = failure
-    for p in batch:
-        Metrics.counter(NS, "dead_letter/labeler_error").inc()
-        yield DeadLetter(p.source, "labeler_error", describe_error(exc))
+class WriteDeadLettersFn(beam.DoFn):
+    """(any key, every DeadLetter) -> OUT/dead_letters.jsonl, one JSON line each, written whole
+    (manifest.write_atomic); emits (DEAD_WRITTEN, {reason: count}) of what it wrote, which the
+    manifest counts. A run without dead letters never gets here: Finalize writes the empty file."""
+
+    def __init__(self, output_dir: str):
+        self._out = output_dir
+
+    def process(self, element) -> Iterator[tuple[str, dict[str, int]]]:
+        _, letters = element
+        by_reason: dict[str, int] = {}
+
+        def lines() -> Iterator[bytes]:
+            for d in letters:
+                by_reason[d.reason] = by_reason.get(d.reason, 0) + 1
+                yield (d.to_json() + "\n").encode("utf-8")
+
+        write_atomic(FileSystems.join(self._out, DEAD_LETTERS), lines())
+        yield DEAD_WRITTEN, by_reason
+
+
+def describe_error(exc: BaseException) -> str:
+    """'Type: message' of an exception."""
+    return f"{type(exc).__name__}: {exc}"

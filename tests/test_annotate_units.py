@@ -248,31 +248,73 @@ def test_parquet_columns_of_the_wrong_type_are_dead_letters(tmp_path):
 
 
 def test_a_file_whose_reader_fails_is_one_dead_letter_and_the_counts_add_up(monkeypatch):
-    from pipelines import stages
+    from pipelines import stages, tags
 
     def reader(path, f, config):
-        yield RawSample(key="k0", source=f"{path}:0", image=b"x", text=b"t", metadata={})
+        for i in range(3):
+            yield RawSample(key=f"k{i}", source=f"{path}:{i}", image=b"x", text=b"t", metadata={})
         raise TypeError("a column of the wrong kind")
 
     monkeypatch.setattr(stages, "read_file", reader)
     monkeypatch.setattr(stages.FileSystems, "open", lambda path: io.BytesIO(b""))
-    out = list(stages.ReadFileFn(SourceConfig()).process("gs://b/in.tar"))
-    samples = [o for o in out if isinstance(o, RawSample)]
-    dead = [o.value for o in out if getattr(o, "tag", None) == stages.DEAD]
-    read = [o.value for o in out if getattr(o, "tag", None) == stages.READ]
-    assert len(samples) == 1 and len(dead) == 1 and read == [2]
+    out = list(stages.ReadFileFn(SourceConfig(), batch_size=2).process("gs://b/in.tar"))
+    batches = [v for t, v in out if t == tags.SAMPLES]
+    dead = [v for t, v in out if t == tags.DEAD]
+    assert [[s.key for s in b] for b in batches] == [["k0", "k1"], ["k2"]]
+    assert len(dead) == 1 and [v for t, v in out if t == tags.READ] == [4]
     assert dead[0].reason == "unreadable_file" and "TypeError" in dead[0].detail
 
 
-def test_labeler_errors_name_the_exception_in_either_form():
-    from pipelines import stages
+def test_a_labeler_error_makes_each_sample_of_its_batch_a_dead_letter():
+    """The handler catches the error (no tagged error output: see pipelines/tags.py) and ToRecordFn
+    turns each sample of the batch into a `labeler_error` dead letter naming the exception."""
+    from pipelines import stages, tags
+    from pipelines.inference import LabelerModelHandler, LabelerSpec
 
-    item = RawSample(key="k", source="in.tar:k", image=b"", text=b"", metadata={})
-    for exc in (RuntimeError("out of memory"), (RuntimeError, "RuntimeError('out of memory')",
-                                                 "Traceback ...")):
-        (d,) = stages.failed_batch_to_dead(([item], exc))
-        assert d.reason == "labeler_error" and d.detail.startswith("RuntimeError: ")
-        assert "out of memory" in d.detail
+    class Failing:
+        fingerprint = "failing@0"
+
+        def detect(self, batch):
+            raise RuntimeError("out of memory")
+
+    batch = [stages.Prepared(key=k, source=f"in.tar:{k}", caption="a red square", image=b"",
+                             height=8, width=8, pixels=np.zeros((8, 8, 3), np.uint8),
+                             queries=["red square"], metadata={}) for k in ("a", "b")]
+    results = LabelerModelHandler(LabelerSpec()).run_inference(batch, Failing())
+    to_record = stages.ToRecordFn(PostprocessConfig(), num_shards=1, require_boxes=False)
+    out = [pair for r in results for pair in to_record.process(r)]
+    assert [t for t, _ in out] == [tags.DEAD, tags.DEAD]
+    assert [d.source for _, d in out] == ["in.tar:a", "in.tar:b"]
+    assert all(d.reason == "labeler_error" and d.detail == "RuntimeError: out of memory"
+               for _, d in out)
+
+
+def test_manifest_facts_merge_like_one_pass():
+    """ManifestFn is mergeable: facts split over workers give the summary of one pass, including
+    the preview sample (the smallest ranks) and a retried shard reported twice."""
+    from pipelines import manifest, tags
+
+    summary = manifest.record_summary(np.array([0.9]), np.array([[0, 0, 0.5, 0.5]]), ("a b",))
+    facts = [(tags.READ, 3), (tags.DEAD_WRITTEN, {"empty_caption": 1}), (tags.NOTE, "x"),
+             (tags.FILTERED, "no_boxes"), (tags.SHARD, (0, 1)), (tags.SHARD, (0, 1))]
+    facts += [(tags.PREVIEW, (rank, b"r%d" % rank)) for rank in (7, 3, 9, 1, 5)]
+    facts += [(tags.SUMMARY, summary), (tags.LABELER, "ref@1")]
+    fn = manifest.ManifestFn(preview_size=2)
+
+    def fold(part):
+        acc = fn.create_accumulator()
+        for f in part:
+            acc = fn.add_input(acc, f)
+        return acc
+
+    whole = fn.extract_output(fold(facts))
+    split = fn.extract_output(fn.merge_accumulators([fold(facts[::2]), fold(facts[1::2])]))
+    assert split == whole
+    assert whole["previews"] == [(1, b"r1"), (3, b"r3")] and whole["shards"] == {0: 1}
+    assert whole["read"] == 3 and whole["dead_lettered"] == {"empty_caption": 1}
+    assert whole["boxes"]["total"] == 1 and whole["labelers"] == ["ref@1"]
+    with pytest.raises(ValueError, match="not a manifest fact"):
+        fn.add_input(fn.create_accumulator(), (tags.RECORD, None))
 
 
 # ------------------------------------------------------------------------ postprocess + reference
@@ -344,6 +386,9 @@ def test_shard_sink_atomic_and_idempotent(tmp_path):
     reader = ArrayRecordReader(str(tmp_path / "train-00000-of-00002.array_record"))
     assert reader.read_all() == recs
     assert shard_sink.shard_index("abc", 7) == shard_sink.shard_index("abc", 7) < 7
+    # Object stores get the final name directly (no copy + delete); local disks a temp + rename.
+    assert shard_sink.writes_in_place("gs://b/shards") and not shard_sink.writes_in_place(
+        str(tmp_path))
 
 
 def test_leftover_temp_files_are_removed_where_the_tmp_dir_is_no_object(tmp_path, monkeypatch):

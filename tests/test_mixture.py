@@ -143,3 +143,36 @@ def test_killed_mixture_training_resumes_exactly(sets, tmp_path):
     assert last["step"] == 8
     assert [last["examples_seen/web"], last["examples_seen/vg"]] == \
         mixture.examples_seen((0.8, 0.2), 8 * 4)
+
+
+def test_mixture_parts_on_gcs_are_read_from_the_shard_cache(sets, tok, gcs_strict, tmp_path):  # noqa: F811
+    """A data.mixture part on gs:// goes through training/shard_cache.py like data.train_glob:
+    the loader gets local copies in glob order (a local part stays as it is) and draws the same
+    batches as from the local shards."""
+    from gcs_server import upload_tree
+
+    from training import trainer
+    from training.configs import locca as locca_configs
+
+    server, bucket = gcs_strict
+    upload_tree(server, Path(sets[0]).parent, f"gs://{bucket}/web")
+    cloud = f"gs://{bucket}/web/part-*.array_record"
+
+    def loader(web_glob: str):
+        c = locca_configs.get_config("micro")
+        c.data.mixture = (("web", web_glob, 0.8), ("vg", sets[1], 0.2))
+        c.data.cache_dir = str(tmp_path / "cache")
+        return trainer.data_config(c)
+
+    staged = loader(cloud)
+    web, vg = (entry[1] for entry in staged.mixture)
+    assert [Path(p).parent for p in web.split(",")] == [tmp_path / "cache"] * 2
+    assert [Path(p).name.split("-", 1)[1] for p in web.split(",")] == [
+        "part-0.array_record", "part-1.array_record"]
+    assert vg == sets[1]
+
+    def batches(config):
+        return _take(data.make_train_iter(config, tok, per_process_batch=8, seed=1,
+                                          process_index=0, process_count=1), 3)
+
+    assert _same(batches(staged), batches(loader(sets[0])))

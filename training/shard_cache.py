@@ -10,7 +10,8 @@ The cache is keyed by the shard's URL and size, written under a temp name and re
 copy is redone and a restarted run (same host) reuses complete files. The local paths keep the
 shards' sorted order, so record indices, and with them the batches, are the same as a run on local
 shards. Corpora larger than a host's disk: mount the bucket (gcsfuse, GKE's Cloud Storage FUSE CSI
-driver) and give the mount's local path as data.train_glob instead; nothing is copied then.
+driver) and give the mount's local path as data.train_glob (or a data.mixture part's glob)
+instead; nothing is copied then.
 """
 
 from __future__ import annotations

@@ -84,15 +84,28 @@ def resolve_config(config: ml_collections.ConfigDict, tok: Tokenizer) -> ml_coll
     return config
 
 
+def _staged(glob: str, cache_dir: str) -> str:
+    """A shard glob, with gs:// shards replaced by their local copies (in glob order)."""
+    if "://" not in str(glob):
+        return glob
+    return ",".join(shard_cache.stage(data_lib.expand_paths(glob), cache_dir))
+
+
 def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The loader's config: config.data plus the fields stated elsewhere in the training config.
-    gs:// shards are read from local copies (training/shard_cache.py says why), in glob order."""
-    paths = config.data.train_glob
-    if "://" in str(paths):
-        paths = ",".join(shard_cache.stage(data_lib.expand_paths(paths),
-                                           config.data.get("cache_dir", "")))
+    gs:// shards, of data.train_glob or of a data.mixture part, are read from local copies
+    (training/shard_cache.py says why), in glob order."""
+    cache_dir = config.data.get("cache_dir", "")
+    settings = config.data
+    if config.data.get("mixture"):  # the mixture replaces train_glob: only its parts are read
+        paths = config.data.train_glob
+        settings = ml_collections.ConfigDict(config.data.to_dict())
+        settings.mixture = tuple((name, _staged(glob, cache_dir), weight)
+                                 for name, glob, weight in config.data.mixture)
+    else:
+        paths = _staged(config.data.train_glob, cache_dir)
     return data_lib.with_inputs(
-        config.data, paths=paths, image_size=config.model.image_size,
+        settings, paths=paths, image_size=config.model.image_size,
         text_len=config.model.max_len, task_weights=config.loss.task_weights)
 
 
@@ -133,7 +146,9 @@ def check_cloud_access(paths: list[str]) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, export_only: bool = False) -> str:
     """Trains (or resumes) to config.total_steps. Returns "done", "preempted" or "exported"."""
-    check_cloud_access([workdir, config.tokenizer, str(config.data.train_glob).split(",")[0]])
+    mixture_globs = [str(e[1]).split(",")[0] for e in config.data.get("mixture") or () if len(e) > 1]
+    check_cloud_access([workdir, config.tokenizer, str(config.data.train_glob).split(",")[0],
+                        *mixture_globs])
     check_inputs(config)
     if config.get("compilation_cache_dir"):
         # Persistent XLA cache: restarts (preemption, tests) skip recompiling the same programs.
