@@ -255,10 +255,15 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, files: list[str], config: dic
         | "OneFile" >> beam.WithKeys(lambda _: 0)
         | "GroupDead" >> beam.GroupByKey()
         | "WriteDead" >> beam.ParDo(stages.WriteDeadLettersFn(opts.output)))
+    # Each step's facts are picked out before they meet: a Flatten of the data-carrying outputs
+    # themselves is not fused by the DirectRunner, which would then hold every decoded image of
+    # the run in memory at once.
+    facts = [pc | f"FactsOf{name}" >> beam.Filter(tags.is_fact)
+             for pc, name in ((read, "Read"), (prepared, "Decode"), (records, "ToRecord"),
+                              (shards, "Shards"), (dead_written, "DeadLetters"))]
     _ = (
-        (read, prepared, records, shards, dead_written)
-        | "AllOutputs" >> beam.Flatten()
-        | "Facts" >> beam.Filter(tags.is_fact)
+        facts
+        | "AllFacts" >> beam.Flatten()
         | "Summarize" >> beam.CombineGlobally(
             manifest_lib.ManifestFn(opts.preview_size)).without_defaults()
         | "Finalize" >> beam.ParDo(finalize.Finalize(
