@@ -136,7 +136,7 @@ if __name__ == "__main__":
         ends = p | "Two" >> beam.Create(["x", "y"]) | beam.ParDo(AtBundleEnd())
         _ = ((out.neg | "N" >> beam.Map(lambda v: "NEG %s" % v)),
              (ends | "E" >> beam.Map(lambda v: "END " + v))) | beam.Flatten() | beam.Map(
-                 lambda line: print(line, flush=True))
+                 lambda line: print(line + "\\n", end="", flush=True))  # one write: no interleaving
         result = p.run()
         result.wait_until_finish()
         result.client.close()
