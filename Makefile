@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= all
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); --dist loadfile keeps a module, and its module-scoped servers and
+# trained fixtures, in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo reproduce test test-all lint bench clean
 
@@ -27,10 +30,10 @@ reproduce: $(STAMP)
 	$(BIN)/python infra/demo.py --profile reproduce
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Lint rules only: the code is wrapped by hand at 100 columns (big_vision's style), which
 # `ruff format` would rewrite wholesale (~3,800 lines), so the formatter is not part of the check.
