@@ -384,7 +384,8 @@ def rec_table(results: dict[str, dict[str, float]], gaps: dict[str, dict | None]
                 cells.append(_interval(r["acc"], r["lo"], r["hi"]) if r else "-")
         g = (gaps.get("main") or {}).get("per_split", {}).get(split)
         cells.append(_interval(g["value"], g["lo"], g["hi"], 1) if g else "-")
-        cells.append(_fmt(results["locca"].get(f"rec/{split}/wrong_object")))
+        cells += [_fmt(results["locca"].get(f"rec/{split}/{k}"))
+                  for k in ("wrong_object", "same_answer")]
         rows.append(f"<tr><td>{split}</td>" + "".join(f"<td>{html.escape(c)}</td>"
                                                        for c in cells) + "</tr>")
     return "".join(rows)
@@ -504,10 +505,13 @@ width:260px;vertical-align:top}} figcaption{{font-size:12px}}</style>
 "Transfer": the frozen encoder with a fresh decoder trained on the eval set's train split (the
 paper's protocol). The gap is LocCa minus the captioner on the same expressions, in points.
 "Wrong object": the share of LocCa's answers that miss the referent but land (IoU &ge; 0.5) on
-another object of the image, i.e. it found an object but not the one the expression names.</p>
+another object of the image, i.e. it found an object but not the one the expression names.
+"Same answer": of the pairs of expressions on one image that name different objects, the share
+LocCa answers with one box (IoU &ge; 0.5): near 0 when it reads the expression, near 1 when it
+answers each image with one box whatever is asked.</p>
 <table><tr><th>split</th>{model_heads.replace("</th>", " (own decoder)</th>")}
 {model_heads.replace("</th>", " (transfer)</th>")}<th>transfer gap</th>
-<th>LocCa: wrong object</th></tr>{rec_rows}</table>
+<th>LocCa: wrong object</th><th>LocCa: same answer</th></tr>{rec_rows}</table>
 {f'<h2>Learning curve</h2><img src="{curve}">' if curve else ""}
 <h2>The eval set beside RefCOCO</h2>{stats or "<p>no corpus/eval/stats.json</p>"}
 <h2>Does the decoder read the image?</h2>

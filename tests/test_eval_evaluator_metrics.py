@@ -16,7 +16,7 @@ from pycocoevalcap.cider.cider import Cider
 
 from evaluation.data.refcoco import RecData, RecExample
 from evaluation.evaluators import base, captioning, gcap, rec_transfer
-from evaluation.evaluators.rec_common import split_metrics
+from evaluation.evaluators.rec_common import same_answer, split_metrics
 from evaluation.metrics import caption_scores
 
 GT = (0.0, 0.0, 0.5, 0.5)
@@ -42,6 +42,9 @@ EXPECTED = {
     # Expression 1 misses its referent but lands exactly on the QUARTER object; expression 0 is
     # a hit (its other object does not count), expression 2 is malformed.
     "wrong_object": 1 / 3,
+    # Image 1's two expressions name different objects (true IoU 0) and get different boxes
+    # (EXACTLY_HALF and QUARTER do not overlap); image 2 has one expression: no pair repeats.
+    "same_answer": 0.0,
     # Hits per image: image 1 [1, 0], image 2 [0]. Resampling the two images gives the means
     # 1/2 (1,1), 1/3 (1,2 or 2,1) and 0 (2,2), each pure draw a quarter of the time: the 95%
     # interval's ends are 0 and 1/2.
@@ -54,6 +57,20 @@ def test_rec_split_metrics_by_hand():
     assert set(rows) == {f"val/{k}" for k in EXPECTED}
     for key, value in EXPECTED.items():
         assert rows[f"val/{key}"] == pytest.approx(value, abs=1e-9), key
+
+
+def test_same_answer_counts_pairs_of_different_objects_given_one_box():
+    """Image 1: three expressions, two naming GT (IoU 1 with each other: not a pair of different
+    objects) and one naming [0.5, 0.5, 1, 1]. Answering QUARTER everywhere repeats one box for
+    both different-object pairs; answering the truth repeats none."""
+    boxes = [GT, GT, (0.5, 0.5, 1.0, 1.0)]
+    exs = [RecExample(i, 1, "img.jpg", "val", f"thing {i}", box) for i, box in enumerate(boxes)]
+    assert same_answer(exs, [np.array(QUARTER)] * 3) == 1.0
+    assert same_answer(exs, [np.array(b) for b in boxes]) == 0.0
+    # A malformed answer leaves its pairs out: one pair remains, answered alike.
+    assert same_answer(exs, [None, np.array(QUARTER), np.array(QUARTER)]) == 1.0
+    assert same_answer(exs, [np.array(GT), None, np.array(GT)]) == 1.0
+    assert same_answer(exs[:2], [np.array(QUARTER)] * 2) == 0.0  # one object: no pair
 
 
 def test_cider_d_by_hand_and_pycocoevalcap_agree():

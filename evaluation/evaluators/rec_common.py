@@ -98,18 +98,44 @@ def wrong_object(examples: Sequence[RecExample], preds: Sequence[np.ndarray | No
     return out
 
 
+def same_answer(examples: Sequence[RecExample], preds: Sequence[np.ndarray | None]) -> float:
+    """Of the pairs of expressions on one image that name different objects (true boxes with
+    IoU < 0.5), the share answered with the same box (predictions with IoU >= 0.5): near 0 for a
+    model that reads the expression, near 1 for one that answers each image with one box
+    whatever is asked. 0 when a split has no such pair."""
+    by_image: dict[int, list[int]] = {}
+    for i, (ex, pred) in enumerate(zip(examples, preds, strict=True)):
+        if pred is not None:
+            by_image.setdefault(ex.image_id, []).append(i)
+    same = pairs = 0
+    for members in by_image.values():
+        for a, i in enumerate(members):
+            for j in members[a + 1:]:
+                true_iou = box_iou(np.asarray([examples[i].box], np.float64),
+                                   np.asarray([examples[j].box], np.float64))
+                if is_hit(true_iou).any():
+                    continue
+                pred_iou = box_iou(np.asarray([preds[i]], np.float64),
+                                   np.asarray([preds[j]], np.float64))
+                pairs += 1
+                same += int(is_hit(pred_iou).any())
+    return same / pairs if pairs else 0.0
+
+
 def split_metrics(split: str, examples: Sequence[RecExample],
                   preds: Sequence[np.ndarray | None]) -> list[tuple[str, float]]:
     """Acc@0.5 with its 95% image-bootstrap interval (`acc@0.5_lo`/`_hi`), mIoU, malformed,
-    pointing, wrong_object (misses that land on another object) and the expression count of one
-    split."""
+    pointing, wrong_object (misses that land on another object), same_answer (different objects
+    asked, one box answered) and the expression count of one split."""
     s = rec_scores(preds, [e.box for e in examples])
     lo, hi = image_bootstrap(hits(examples, preds), [e.image_id for e in examples])
     wrong = float(wrong_object(examples, preds).mean()) if examples else 0.0
     return [(f"{split}/acc@0.5", s["acc"]), (f"{split}/acc@0.5_lo", lo),
             (f"{split}/acc@0.5_hi", hi), (f"{split}/miou", s["miou"]),
             (f"{split}/malformed", s["malformed"]), (f"{split}/pointing", s["pointing"]),
-            (f"{split}/wrong_object", wrong), (f"{split}/count", s["count"])]
+            (f"{split}/wrong_object", wrong),
+            (f"{split}/same_answer", same_answer(examples, preds) if examples else 0.0),
+            (f"{split}/count", s["count"])]
 
 
 def prediction_rows(examples: Sequence[RecExample],
