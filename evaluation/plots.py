@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import io
 import math
 import os
 from pathlib import Path
+
+from pipelines import files
 
 
 def plot_curves(rows: list[dict], path: str | os.PathLike) -> Path | None:
@@ -40,8 +43,8 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> Path | None:
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)  # readers never see a half-written image
+    files.write_atomic(path, png.getvalue())  # readers never see a half-written image
     return path
