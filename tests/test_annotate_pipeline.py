@@ -244,12 +244,14 @@ def test_unwritable_output(tmp_path):
         annotate.run(_argv(tmp_path / "in", tmp_path / "file" / "out"))
 
 
-def _peak_rss_mb(args: list[str]) -> float:
-    """Peak resident memory of one `annotate.py` process (os.wait4 reports that child alone)."""
-    proc = subprocess.Popen([sys.executable, "pipelines/annotate.py", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()[-2000:]
+def _peak_rss_mb(args: list[str], log: Path) -> float:
+    """Peak resident memory of one `annotate.py` process (os.wait4 reports that child alone).
+    stderr goes to a file: a pipe nobody reads while waiting could fill and block the child."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "pipelines/annotate.py", *args], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, log.read_text()[-2000:]
     return usage.ru_maxrss / 1024
 
 
@@ -266,6 +268,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
                                          "json": json.dumps(meta).encode()}))
         af.write_tar(tmp_path / f"in{n}" / "a.tar", samples)
         peaks[n] = _peak_rss_mb([f"--input={tmp_path}/in{n}/*.tar", f"--output={tmp_path}/out{n}",
-                                 "--labeler=reference", "--num_shards=1", "--progress=false"])
+                                 "--labeler=reference", "--num_shards=1", "--progress=false"],
+                                tmp_path / f"annotate{n}.log")
     # 200 more 640x480 images: about 180 MB of pixels per copy if they were all held.
     assert peaks[220] - peaks[20] < 150, peaks
