@@ -69,10 +69,11 @@ def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
     return path
 
 
-def clean_samples(start: int, count: int) -> list[tuple[str, dict[str, bytes]]]:
+def clean_samples(start: int, count: int,
+                  size: tuple[int, int] = (96, 128)) -> list[tuple[str, dict[str, bytes]]]:
     out = []
     for i in range(start, start + count):
-        image, caption, meta = scene(i)
+        image, caption, meta = scene(i, size)
         out.append((f"{i:09d}", {"jpg": image, "txt": caption.encode(), "json":
                                  json.dumps(meta).encode()}))
     return out

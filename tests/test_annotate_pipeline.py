@@ -261,12 +261,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
     every decoded image of the run in memory: a 10,000-image corpus then needed over 23 GB."""
     peaks = {}
     for n in (20, 220):
-        samples = []
-        for i in range(n):
-            image, caption, meta = af.scene(i, size=(480, 640))
-            samples.append((f"{i:09d}", {"jpg": image, "txt": caption.encode(),
-                                         "json": json.dumps(meta).encode()}))
-        af.write_tar(tmp_path / f"in{n}" / "a.tar", samples)
+        af.write_tar(tmp_path / f"in{n}" / "a.tar", af.clean_samples(0, n, size=(480, 640)))
         peaks[n] = _peak_rss_mb([f"--input={tmp_path}/in{n}/*.tar", f"--output={tmp_path}/out{n}",
                                  "--labeler=reference", "--num_shards=1", "--progress=false"],
                                 tmp_path / f"annotate{n}.log")

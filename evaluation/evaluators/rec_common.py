@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -107,19 +108,15 @@ def same_answer(examples: Sequence[RecExample], preds: Sequence[np.ndarray | Non
     for i, (ex, pred) in enumerate(zip(examples, preds, strict=True)):
         if pred is not None:
             by_image.setdefault(ex.image_id, []).append(i)
-    same = pairs = 0
-    for members in by_image.values():
-        for a, i in enumerate(members):
-            for j in members[a + 1:]:
-                true_iou = box_iou(np.asarray([examples[i].box], np.float64),
-                                   np.asarray([examples[j].box], np.float64))
-                if is_hit(true_iou).any():
-                    continue
-                pred_iou = box_iou(np.asarray([preds[i]], np.float64),
-                                   np.asarray([preds[j]], np.float64))
-                pairs += 1
-                same += int(is_hit(pred_iou).any())
-    return same / pairs if pairs else 0.0
+    pairs = [p for members in by_image.values() for p in itertools.combinations(members, 2)]
+    if not pairs:
+        return 0.0
+    first, second = (list(side) for side in zip(*pairs, strict=True))
+    truth = np.array([ex.box for ex in examples], np.float64)
+    answer = np.array([[0.0] * 4 if p is None else list(p) for p in preds], np.float64)
+    different = ~is_hit(box_iou(truth[first], truth[second]))
+    alike = is_hit(box_iou(answer[first], answer[second]))
+    return float(alike[different].mean()) if different.any() else 0.0
 
 
 def split_metrics(split: str, examples: Sequence[RecExample],
@@ -134,7 +131,7 @@ def split_metrics(split: str, examples: Sequence[RecExample],
             (f"{split}/acc@0.5_hi", hi), (f"{split}/miou", s["miou"]),
             (f"{split}/malformed", s["malformed"]), (f"{split}/pointing", s["pointing"]),
             (f"{split}/wrong_object", wrong),
-            (f"{split}/same_answer", same_answer(examples, preds) if examples else 0.0),
+            (f"{split}/same_answer", same_answer(examples, preds)),
             (f"{split}/count", s["count"])]
 
 
