@@ -291,6 +291,7 @@ def format_example(
     task_weights: dict[str, float] | None = None,
     regions_per_task: int = 1,
     aref_unambiguous: bool = False,
+    aref_regions: int = 0,
 ) -> dict[str, Any]:
     """All tasks of one example, keyed "{task}/inputs|targets|loss_mask", plus "has_regions".
 
@@ -300,17 +301,22 @@ def format_example(
     so one encoder pass trains K grounding rows per location task. aref_unambiguous: aref rows
     use only regions whose phrase names no other object of the image (unambiguous_regions); an
     image with none trains no aref row. gcap (box -> phrase) is well defined either way.
+    aref_regions > 0: aref's own K (gcap keeps regions_per_task), since grounding rows are what a
+    small model lacks while a second gcap row mostly costs decoder time.
     """
     k = int(regions_per_task)
     if k < 1:
         raise ValueError(f"regions_per_task must be >= 1, got {k}")
+    if int(aref_regions) < 0:
+        raise ValueError(f"aref_regions must be >= 0 (0: regions_per_task), got {aref_regions}")
+    ks = {"aref": int(aref_regions) or k, "gcap": k}
     has_regions = len(phrases) > 0
     weights = task_weights or {t: 1.0 for t in TASKS}
     chosen = choose_tasks(rng, has_regions, task_mix, weights)
     # Draw the regions whatever was chosen, so the rng stream does not depend on the task mix.
     aref_from = unambiguous_regions(phrases, boxes) if aref_unambiguous and has_regions else None
-    picks = _region_picks(rng, len(phrases), k, aref_from)
-    rows = {t: (1 if t == "cap" else k) for t in TASKS}
+    picks = _region_picks(rng, len(phrases), ks, aref_from)
+    rows = {"cap": 1, **ks}
     # Same rows as format_task / empty() (both fill through _fill), written into one [R, L + 1]
     # token block and one [R, L] mask block: two allocations per example instead of four per task
     # (the per-example cost of many small numpy arrays showed in the loader's profile). The
@@ -332,7 +338,7 @@ def format_example(
                 i = picks[task][j]
                 prefix, target = _task_ids(tok, task, max_len, phrase=phrases[i], box=boxes[i])
             _fill(tok, prefix, target, max_len, seqs[row], mask[row])
-        block = slice(start, start + rows[task]) if k > 1 and task != "cap" else start
+        block = slice(start, start + rows[task]) if rows[task] > 1 else start
         out[f"{task}/inputs"], out[f"{task}/targets"] = seqs[block, :-1], seqs[block, 1:]
         out[f"{task}/loss_mask"] = mask[block]
         start += rows[task]
@@ -363,21 +369,23 @@ def unambiguous_regions(phrases: Sequence[str], boxes: np.ndarray,
                        for j in range(len(words)))]
 
 
-def _region_picks(rng: np.random.Generator, n: int, k: int,
+def _region_picks(rng: np.random.Generator, n: int, ks: dict[str, int],
                   aref_from: list[int] | None = None) -> dict[str, list[int]]:
-    """Region indices for the aref and gcap rows: k each, of n regions (zeros when n == 0).
+    """Region indices for the aref and gcap rows: ks[task] each, of n regions (zeros when n == 0).
 
     aref_from: the regions aref may use (all when None); -1 marks an aref row with none left.
     """
-    if k == 1:  # one independent draw per task: the stream every K = 1 run has always used
+    if ks["aref"] == ks["gcap"] == 1:  # one independent draw per task: every K = 1 run's stream
         drawn = rng.integers(0, n, size=2).tolist() if n else [0, 0]
         picks = {"aref": drawn[:1], "gcap": drawn[1:]}
     elif not n:
-        picks = {"aref": [0] * k, "gcap": [0] * k}
+        picks = {t: [0] * ks[t] for t in ("aref", "gcap")}
     else:
         # np.resize repeats the permutation: distinct regions first, repeats only when n < k.
-        picks = {t: [int(i) for i in np.resize(rng.permutation(n), k)] for t in ("aref", "gcap")}
+        picks = {t: [int(i) for i in np.resize(rng.permutation(n), ks[t])]
+                 for t in ("aref", "gcap")}
     if aref_from is not None:
+        k = ks["aref"]
         if not aref_from:
             picks["aref"] = [-1] * k
         elif k == 1:

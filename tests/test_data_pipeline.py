@@ -14,7 +14,7 @@ from PIL import Image
 from model import tasks
 from model import tokenizer as tokenizer_lib
 from pipelines import record as record_lib
-from training import data
+from training import bad_records, data
 
 NUM_RECORDS = 30
 BOX = (0.2, 0.1, 0.6, 0.45)  # the red rectangle of every image, [ymin, xmin, ymax, xmax]
@@ -356,3 +356,20 @@ def test_crop_decode_size_covers_the_most_elongated_smallest_crop(tok):
         w, h = math.sqrt(0.3 * aspect) * side, math.sqrt(0.3 / aspect) * side
         assert min(w, h) >= 224 - 1e-6
     assert side < 224 / math.sqrt(0.3 / (4 / 3)) + 1  # and not more than that needs
+
+
+def test_per_task_region_rows_and_bad_records_share_one_shape(shards, tok):
+    """data.aref_regions: aref rows [B, 3, L] beside gcap's [B, 2, L]; an undecodable record's
+    stand-in has the same shapes, so a batch holding one still stacks."""
+    c = _config(shards)
+    c.regions_per_task, c.aref_regions = 2, 3
+    b = next(data.make_train_iter(c, tok, per_process_batch=4, seed=0, process_index=0,
+                                  process_count=1))
+    assert b["aref/inputs"].shape == (4, 3, 24) and b["gcap/inputs"].shape == (4, 2, 24)
+    assert b["cap/inputs"].shape == (4, 24)
+    bad = bad_records.empty_example(data.ExampleTransform(c, tok), np.random.default_rng(0), "x")
+    for key in ("aref/inputs", "gcap/loss_mask", "cap/targets"):
+        assert bad[key].shape == b[key].shape[1:]
+    c.aref_regions = -1
+    with pytest.raises(data.DataError, match="aref_regions"):
+        data.ExampleTransform(c, tok)

@@ -177,6 +177,28 @@ def test_k_regions_per_task_are_distinct_paired_rows(tok, n):
                              phrases=phrases, regions_per_task=0)
 
 
+def test_aref_regions_sets_aref_rows_apart_from_gcap(tok):
+    """aref_regions=3 with regions_per_task=1: aref is [3, L] over distinct regions, gcap stays
+    one [L] row; K = 1 for both keeps the stream every one-region run has used."""
+    boxes = np.asarray([[0.0, 0.0, 0.1, 0.1], [0.5, 0.5, 0.9, 0.9], [0.2, 0.3, 0.4, 0.6]])
+    phrases = ("red dog", "blue car", "green table")
+    out = tasks.format_example(tok, np.random.default_rng(0), caption="x", boxes=boxes,
+                               phrases=phrases, max_len=24, aref_regions=3)
+    assert out["aref/inputs"].shape == (3, 24) and out["gcap/inputs"].shape == (24,)
+    texts = {tasks.decode_target("aref", out["aref/targets"][r][out["aref/loss_mask"][r] > 0],
+                                 tok).text for r in range(3)}
+    assert texts == set(phrases)
+    one = tasks.format_example(tok, np.random.default_rng(5), caption="x", boxes=boxes,
+                               phrases=phrases, max_len=24, aref_regions=1)
+    same = tasks.format_example(tok, np.random.default_rng(5), caption="x", boxes=boxes,
+                                phrases=phrases, max_len=24)
+    for key in one:
+        np.testing.assert_array_equal(one[key], same[key])
+    with pytest.raises(ValueError, match="aref_regions"):
+        tasks.format_example(tok, np.random.default_rng(0), caption="x", boxes=boxes,
+                             phrases=phrases, aref_regions=-1)
+
+
 def test_ambiguous_phrases_train_no_aref_row(tok):
     """"star" beside "red star" on another object, or one phrase on two objects, names more than
     one box: with aref_unambiguous such regions never become aref targets (gcap still uses them)."""

@@ -40,7 +40,8 @@ def empty_example(transform: Any, rng: np.random.Generator, reason: str) -> dict
                                phrases=[], max_len=transform.text_len, task_mix=transform.task_mix,
                                task_weights=transform.task_weights,
                                regions_per_task=transform.regions_per_task,
-                               aref_unambiguous=transform.aref_unambiguous)
+                               aref_unambiguous=transform.aref_unambiguous,
+                               aref_regions=transform.aref_regions)
     for key in out:
         if key.endswith("/loss_mask"):
             out[key] = np.zeros_like(out[key])

@@ -69,6 +69,9 @@ def options() -> ml_collections.ConfigDict:
     # Rows per location task (aref, gcap) per example: K > 1 decodes K regions of each image
     # against one encoder pass ("{task}/inputs" become [B, K, L]); 1 is the paper's one region.
     c.regions_per_task = 1
+    # aref's own K (0: regions_per_task): more grounding rows per encoder pass without paying for
+    # as many gcap rows.
+    c.aref_regions = 0
     # aref rows only from regions whose phrase names no other object of the image
     # (tasks.unambiguous_regions): "star" beside "red star" has several right boxes.
     c.aref_unambiguous = False
@@ -142,6 +145,10 @@ class ExampleTransform(grain.transforms.RandomMap):
         self.regions_per_task = int(config.get("regions_per_task", 1))
         if self.regions_per_task < 1:
             raise DataError(f"data.regions_per_task must be >= 1, got {self.regions_per_task}")
+        self.aref_regions = int(config.get("aref_regions", 0))
+        if self.aref_regions < 0:
+            raise DataError(f"data.aref_regions must be >= 0 (0: regions_per_task), got "
+                            f"{self.aref_regions}")
         self.aref_unambiguous = bool(config.get("aref_unambiguous", False))
         size = int(config.image_size)
         ops: list[Any] = []
@@ -193,7 +200,7 @@ class ExampleTransform(grain.transforms.RandomMap):
             self.tokenizer, rng, caption=features["caption"], boxes=features["boxes"],
             phrases=features["phrases"], max_len=self.text_len, task_mix=self.task_mix,
             task_weights=self.task_weights, regions_per_task=self.regions_per_task,
-            aref_unambiguous=self.aref_unambiguous,
+            aref_unambiguous=self.aref_unambiguous, aref_regions=self.aref_regions,
         )
         out["image"] = features["image"]
         return bad_records.mark_good(out)
