@@ -16,7 +16,7 @@ from pycocoevalcap.cider.cider import Cider
 
 from evaluation.data.refcoco import RecData, RecExample
 from evaluation.evaluators import base, captioning, gcap, rec_transfer
-from evaluation.evaluators.rec_common import same_answer, split_metrics
+from evaluation.evaluators.rec_common import choice_hits, same_answer, split_metrics
 from evaluation.metrics import caption_scores
 
 GT = (0.0, 0.0, 0.5, 0.5)
@@ -167,3 +167,12 @@ def test_rec_transfer_report(monkeypatch, tmp_path):
     ious = [json.loads(line)["iou"] for line in written.splitlines()]
     assert ious[:2] == pytest.approx([0.5, 0.25]) and ious[2] is None
     assert not any(math.isnan(v) for v in rows.values())
+
+
+def test_choice_hits_by_hand():
+    """An example scores 1 only when its own box (its first row) is strictly the most likely."""
+    owner = [0, 0, 0, 2, 2]
+    ll = np.array([-1.0, -2.0, -3.0, -5.0, -5.0])  # example 0: own box best; 2: a tie
+    hits = choice_hits(owner, ll, 3)
+    assert hits[0] == 1.0 and math.isnan(hits[1]) and hits[2] == 0.0
+    assert choice_hits([0, 0], np.array([-2.0, -1.0]), 1).tolist() == [0.0]

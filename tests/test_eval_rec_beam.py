@@ -63,3 +63,42 @@ def test_expected_bin_decoding_is_reported_beside_the_argmax(setup):
         _rec(setup, loc_decodes=("expected",), beam_size=3)
     with pytest.raises(ValueError, match="loc_decodes"):
         _rec(setup, loc_decodes=("mode",))
+
+
+def test_choice_prefers_the_box_the_model_finds_most_likely(setup):
+    """rec's `choice`: per expression, its referent's box against every other annotated object's,
+    by the teacher-forced log-likelihood of the whole aref row; recomputed here one example at a
+    time with the model itself. Chance is the mean of 1 / candidates."""
+    import jax
+    import numpy as np
+
+    from evaluation.data.refcoco import load_rec
+    from evaluation.images import ImageCache
+    from evaluation.predict import Predictor
+    from model import tasks
+
+    run, params, eval_dir = setup
+    rows = _rec(setup)
+    examples = load_rec(f"{eval_dir}/refs.json", f"{eval_dir}/instances.json",
+                        f"{eval_dir}/images", splits=("val",)).split("val")[:8]
+    scored = [ex for ex in examples if ex.others]
+    assert scored, "the fixture's eval set needs images with several objects"
+    images = ImageCache(int(run.model_config.image_size))
+    pred = Predictor(run.model, batch_size=4, eos_id=run.tokenizer.eos_id,
+                     pad_id=run.tokenizer.pad_id)
+    want = []
+    for ex in scored:
+        encoded = np.asarray(run.model.apply({"params": params}, images.batch([ex.image_path]),
+                                             method="encode"))
+        ll = []
+        for box in (ex.box, *ex.others):
+            f = tasks.format_task("aref", run.tokenizer, max_len=pred.max_len,
+                                  phrase=ex.sentence, box=box)
+            logits = run.model.apply({"params": params}, encoded, f.inputs[None], method="decode")
+            logp = np.asarray(jax.nn.log_softmax(logits[0]))
+            ll.append(float((logp[np.arange(len(f.targets)), f.targets] * f.loss_mask).sum()))
+        want.append(float(ll[0] > max(ll[1:])))
+    assert rows["val/choice"] == pytest.approx(np.mean(want), abs=1e-9)
+    assert rows["val/choice_chance"] == pytest.approx(
+        np.mean([1 / (1 + len(ex.others)) for ex in scored]), abs=1e-9)
+    assert "val/choice" not in _rec(setup, choice=False)

@@ -10,6 +10,10 @@ max_per_split (0: all), loc_decodes (default ("argmax",), the paper's greedy dec
 prior_split (default "train"; "" = off): the mean box of its referred objects, answered for every
 expression, is reported as "{split}/acc@0.5_prior", "{split}/miou_prior", "{split}/pointing_prior",
 the floor a model must beat to show it localises anything.
+choice (default True): "{split}/choice", the share of expressions whose referent's box the model
+finds more likely (teacher-forced) than every other annotated object's box of the image, and
+"{split}/choice_chance" (1 / objects, averaged): grounding without the box-precision part of
+Acc@0.5 (rec_common.choice).
 With `constrained`, decoding cannot produce a malformed box (4 location tokens, ordered edges), so
 "malformed" is ~0 by construction; figures from before box_order (2026-11-30) could be malformed
 where the same model now gets its best well-formed box.
@@ -33,6 +37,7 @@ from evaluation.evaluators import base
 from evaluation.evaluators.rec_common import (
     box_decoding,
     box_generate,
+    choice,
     predict_boxes,
     split_metrics,
     write_predictions,
@@ -86,6 +91,7 @@ class Evaluator:
                              f"got {self.loc_decodes}")
         if "expected" in self.loc_decodes and self.beam_size > 1:
             raise ValueError("rec: loc_decodes 'expected' decodes greedily; use beam_size 1")
+        self.choice = bool(config.get("choice", True))
 
     def run(self, ctx: base.StepContext) -> Iterator[tuple[str, float]]:
         params = ctx.params
@@ -109,6 +115,12 @@ class Evaluator:
                     elif i == 0:  # the same expressions whatever the decoding
                         yield name, value
                 self._write_predictions(ctx.step, split + suffix, examples, preds)
+            if self.choice:
+                picked, chance = choice(examples, encode, self.predictor, params, tok,
+                                        self.predictor.max_len, self.predictor.batch_size)
+                if not np.isnan(picked).all():
+                    yield f"{split}/choice", float(np.nanmean(picked))
+                    yield f"{split}/choice_chance", chance
             if self.prior_box is not None:
                 for name, value in split_metrics(split, examples, [self.prior_box] * len(examples)):
                     if name.endswith(("/acc@0.5", "/miou", "/pointing")):

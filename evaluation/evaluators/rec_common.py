@@ -119,6 +119,65 @@ def same_answer(examples: Sequence[RecExample], preds: Sequence[np.ndarray | Non
     return float(alike[different].mean()) if different.any() else 0.0
 
 
+def choice_rows(examples: Sequence[RecExample], tokenizer, max_len: int
+                ) -> tuple[list[int], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Teacher-forced `aref` rows for the choice test: per example with other annotated objects,
+    one row per candidate box, its own box first. Returns (example index of each row, inputs,
+    targets, loss masks), each int/float[L]."""
+    owner, inputs, targets, masks = [], [], [], []
+    for i, ex in enumerate(examples):
+        if not ex.others:
+            continue
+        for box in (ex.box, *ex.others):
+            f = tasks.format_task("aref", tokenizer, max_len=max_len, phrase=ex.sentence, box=box)
+            owner.append(i)
+            inputs.append(f.inputs)
+            targets.append(f.targets)
+            masks.append(f.loss_mask)
+    return owner, inputs, targets, masks
+
+
+def choice_hits(owner: Sequence[int], log_likelihood: np.ndarray, n: int) -> np.ndarray:
+    """float[n]: 1 where an example's own box (its first row) is strictly the most likely of its
+    candidates, 0 where another is as likely or more, NaN for examples without rows.
+    log_likelihood: float[R], one per row of choice_rows."""
+    out = np.full(n, np.nan)
+    owner = np.asarray(owner, np.int64)
+    for i in np.unique(owner):
+        ll = log_likelihood[owner == i]
+        out[i] = float(ll[0] > ll[1:].max())
+    return out
+
+
+def choice(examples: Sequence[RecExample], encode: EncodeFn, predictor, params, tokenizer,
+           max_len: int, images_per_chunk: int = 32) -> tuple[np.ndarray, float]:
+    """Grounding as a choice among the image's annotated objects: for each expression, is its
+    referent's box the most likely answer to `aref` + expression, against every other object's
+    box (teacher-forced log-likelihood of the box tokens)? Unlike Acc@0.5 it does not depend on
+    how precisely a box is generated, only on whether the named object is preferred.
+
+    Returns (hits float[N], NaN for an expression whose image has no other object; the chance
+    level, the mean of 1 / candidates over the scored expressions).
+    """
+    owner, inputs, targets, masks = choice_rows(examples, tokenizer, max_len)
+    if not owner:
+        return np.full(len(examples), np.nan), 0.0
+    rows_of: dict[int, list[int]] = {}
+    for r, i in enumerate(owner):
+        rows_of.setdefault(i, []).append(r)
+    scored = sorted(rows_of)
+    ll = np.zeros(len(owner))
+    for ex_rows, gathered in encoded_rows([examples[i].image_path for i in scored], encode,
+                                          images_per_chunk):
+        rows = [r for j in ex_rows for r in rows_of[scored[j]]]
+        enc = np.repeat(gathered, [len(rows_of[scored[j]]) for j in ex_rows], axis=0)
+        nll = predictor.token_nll(params, enc, np.stack([inputs[r] for r in rows]),
+                                  np.stack([targets[r] for r in rows]))
+        ll[rows] = -(nll * np.stack([masks[r] for r in rows])).sum(axis=1)
+    chance = float(np.mean([1.0 / len(rows_of[i]) for i in scored]))
+    return choice_hits(owner, ll, len(examples)), chance
+
+
 def split_metrics(split: str, examples: Sequence[RecExample],
                   preds: Sequence[np.ndarray | None]) -> list[tuple[str, float]]:
     """Acc@0.5 with its 95% image-bootstrap interval (`acc@0.5_lo`/`_hi`), mIoU, malformed,
