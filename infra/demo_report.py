@@ -386,9 +386,10 @@ def rec_table(results: dict[str, dict[str, float]], gaps: dict[str, dict | None]
         cells.append(_interval(g["value"], g["lo"], g["hi"], 1) if g else "-")
         cells += [_fmt(results["locca"].get(f"rec/{split}/{k}"))
                   for k in ("wrong_object", "same_answer")]
-        picked = results["locca"].get(f"rec/{split}/choice")
-        chance = results["locca"].get(f"rec/{split}/choice_chance")
-        cells.append("-" if picked is None else f"{_fmt(picked)} ({_fmt(chance)})")
+        picked, blind, chance = (results["locca"].get(f"rec/{split}/choice{k}")
+                                 for k in ("", "_blind", "_chance"))
+        cells.append("-" if picked is None else
+                     f"{_fmt(picked)} / {_fmt(blind)} ({_fmt(chance)})")
         rows.append(f"<tr><td>{split}</td>" + "".join(f"<td>{html.escape(c)}</td>"
                                                        for c in cells) + "</tr>")
     return "".join(rows)
@@ -513,11 +514,13 @@ another object of the image, i.e. it found an object but not the one the express
 LocCa answers with one box (IoU &ge; 0.5): near 0 when it reads the expression, near 1 when it
 answers each image with one box whatever is asked. "Choice": the share of expressions whose
 referent's box LocCa finds more likely than every other object's box of the image (teacher-forced;
-chance in brackets): grounding without the precision of the generated box.</p>
+chance in brackets): grounding without the precision of the generated box; then the same with each
+expression shown another image: a choice no better than that comes from the words alone ("left"
+picks a left box), not from reading the image.</p>
 <table><tr><th>split</th>{model_heads.replace("</th>", " (own decoder)</th>")}
 {model_heads.replace("</th>", " (transfer)</th>")}<th>transfer gap</th>
 <th>LocCa: wrong object</th><th>LocCa: same answer</th>
-<th>LocCa: choice (chance)</th></tr>{rec_rows}</table>
+<th>LocCa: choice / with another image (chance)</th></tr>{rec_rows}</table>
 {f'<h2>Learning curve</h2><img src="{curve}">' if curve else ""}
 <h2>The eval set beside RefCOCO</h2>{stats or "<p>no corpus/eval/stats.json</p>"}
 <h2>Does the decoder read the image?</h2>

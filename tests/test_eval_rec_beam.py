@@ -68,7 +68,8 @@ def test_expected_bin_decoding_is_reported_beside_the_argmax(setup):
 def test_choice_prefers_the_box_the_model_finds_most_likely(setup):
     """rec's `choice`: per expression, its referent's box against every other annotated object's,
     by the teacher-forced log-likelihood of the whole aref row; recomputed here one example at a
-    time with the model itself. Chance is the mean of 1 / candidates."""
+    time with the model itself, on its own image and (choice_blind) on another. Chance is the
+    mean of 1 / candidates."""
     import jax
     import numpy as np
 
@@ -86,9 +87,11 @@ def test_choice_prefers_the_box_the_model_finds_most_likely(setup):
     images = ImageCache(int(run.model_config.image_size))
     pred = Predictor(run.model, batch_size=4, eos_id=run.tokenizer.eos_id,
                      pad_id=run.tokenizer.pad_id)
-    want = []
-    for ex in scored:
-        encoded = np.asarray(run.model.apply({"params": params}, images.batch([ex.image_path]),
+    order = sorted({ex.image_path for ex in examples})
+    other = dict(zip(order, order[1:] + order[:1], strict=True))
+
+    def picks_own_box(ex, image_path):
+        encoded = np.asarray(run.model.apply({"params": params}, images.batch([image_path]),
                                              method="encode"))
         ll = []
         for box in (ex.box, *ex.others):
@@ -97,8 +100,13 @@ def test_choice_prefers_the_box_the_model_finds_most_likely(setup):
             logits = run.model.apply({"params": params}, encoded, f.inputs[None], method="decode")
             logp = np.asarray(jax.nn.log_softmax(logits[0]))
             ll.append(float((logp[np.arange(len(f.targets)), f.targets] * f.loss_mask).sum()))
-        want.append(float(ll[0] > max(ll[1:])))
+        return float(ll[0] > max(ll[1:]))
+
+    want = [picks_own_box(ex, ex.image_path) for ex in scored]
+    blind = [picks_own_box(ex, other[ex.image_path]) for ex in scored]
     assert rows["val/choice"] == pytest.approx(np.mean(want), abs=1e-9)
+    # choice_blind: each expression scored on the next image of the split (sorted by path).
+    assert rows["val/choice_blind"] == pytest.approx(np.mean(blind), abs=1e-9)
     assert rows["val/choice_chance"] == pytest.approx(
         np.mean([1 / (1 + len(ex.others)) for ex in scored]), abs=1e-9)
     assert "val/choice" not in _rec(setup, choice=False)

@@ -13,7 +13,8 @@ the floor a model must beat to show it localises anything.
 choice (default True): "{split}/choice", the share of expressions whose referent's box the model
 finds more likely (teacher-forced) than every other annotated object's box of the image, and
 "{split}/choice_chance" (1 / objects, averaged): grounding without the box-precision part of
-Acc@0.5 (rec_common.choice).
+Acc@0.5 (rec_common.choice); "{split}/choice_blind", the same with every image swapped for another
+of the split: what the words alone pick (a choice no higher than its blind one reads no image).
 With `constrained`, decoding cannot produce a malformed box (4 location tokens, ordered edges), so
 "malformed" is ~0 by construction; figures from before box_order (2026-11-30) could be malformed
 where the same model now gets its best well-formed box.
@@ -116,16 +117,31 @@ class Evaluator:
                         yield name, value
                 self._write_predictions(ctx.step, split + suffix, examples, preds)
             if self.choice:
-                picked, chance = choice(examples, encode, self.predictor, params, tok,
-                                        self.predictor.max_len, self.predictor.batch_size)
-                if not np.isnan(picked).all():
-                    yield f"{split}/choice", float(np.nanmean(picked))
-                    yield f"{split}/choice_chance", chance
+                yield from self._choice(split, examples, encode, params)
             if self.prior_box is not None:
                 for name, value in split_metrics(split, examples, [self.prior_box] * len(examples)):
                     if name.endswith(("/acc@0.5", "/miou", "/pointing")):
                         yield f"{name}_prior", value
         yield from base.problems_metrics(self.data.problems)
+
+    def _choice(self, split: str, examples: Sequence, encode, params
+                ) -> Iterator[tuple[str, float]]:
+        """choice, its chance level, and choice_blind: the same test with every image swapped
+        for another of the split, so choice - choice_blind is what the image adds to the pick
+        (0 when the model picks from the expression's words alone, e.g. "left" -> a left box)."""
+        tok, pred = self.run_.tokenizer, self.predictor
+        picked, chance = choice(examples, encode, pred, params, tok, pred.max_len,
+                                pred.batch_size)
+        if np.isnan(picked).all():
+            return
+        yield f"{split}/choice", float(np.nanmean(picked))
+        yield f"{split}/choice_chance", chance
+        order = sorted({e.image_path for e in examples})
+        if len(order) > 1:
+            other = dict(zip(order, order[1:] + order[:1], strict=True))
+            blind, _ = choice(examples, lambda paths: encode([other[p] for p in paths]), pred,
+                              params, tok, pred.max_len, pred.batch_size)
+            yield f"{split}/choice_blind", float(np.nanmean(blind))
 
     def _write_predictions(
         self, step: int, split: str, examples: Sequence, preds: Sequence[np.ndarray | None]
