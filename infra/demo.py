@@ -66,7 +66,8 @@ PROFILES = {
     "demo": Profile("demo", num_train=10_000, num_eval=1000, train_steps=0, preset="refcoco",
                     num_loc=32, vocab_size=1100, budget_s=25 * 60, rec_min=0.3,
                     rec_prior_ratio=3.0, gap_min_points=5.0),
-    # Sized from the demo's per-step costs on an idle 2-core CPU; not yet run end to end.
+    # Sized from the demo's per-step costs on an idle 2-core CPU; 92 minutes on a shared one
+    # (RESULTS.md, 2026-12-08).
     "reproduce": Profile("reproduce", num_train=40_000, num_eval=1000, train_steps=5000,
                          preset="refcoco", num_loc=32, vocab_size=1100, budget_s=2 * 3600,
                          rec_min=0.6, rec_prior_ratio=0.0, gap_min_points=10.0, curve=True,
