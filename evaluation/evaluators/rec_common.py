@@ -153,7 +153,8 @@ def choice(examples: Sequence[RecExample], encode: EncodeFn, predictor, params, 
            max_len: int, images_per_chunk: int = 32) -> tuple[np.ndarray, float]:
     """Grounding as a choice among the image's annotated objects: for each expression, is its
     referent's box the most likely answer to `aref` + expression, against every other object's
-    box (teacher-forced log-likelihood of the box tokens)? Unlike Acc@0.5 it does not depend on
+    box (teacher-forced log-likelihood of the whole row, whose expression part is the same for
+    every candidate, so the box tokens decide)? Unlike Acc@0.5 it does not depend on
     how precisely a box is generated, only on whether the named object is preferred.
 
     Returns (hits float[N], NaN for an expression whose image has no other object; the chance
