@@ -14,7 +14,10 @@ Why this exists: on the sample task no `tiny` run's REC choice beat its blind ch
 (RESULTS.md, 2026-12-08); this separates "can the recipe learn expression-dependent attention at
 all, and how soon" from everything else the sample task asks, in minutes. The model is the
 training config's (`--config`, default training/configs/locca.py:tiny), with `--model key=value`
-overrides; the optimiser is AdamW with warmup + cosine, clip 1.0, as the trainer's.
+overrides. The optimiser is NOT the trainer's: optax.adamw (weight decay 1e-4 scaled by the rate)
+with warmup + cosine and clip 1.0, where the trainer decays weights by 1e-4 per step whatever the
+rate (training/optim.py); with the trainer's optimiser the two-square run at lr 1e-3 did not cross
+by step 600 (RESULTS.md). Location targets are Gaussian with a fixed sigma of one bin.
 """
 
 from __future__ import annotations
@@ -82,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--objects must be in [1, {len(COLOURS)}]")
 
     import jax
-    import jax.numpy as jnp
     import optax
 
     from model import tasks
@@ -131,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     @jax.jit
     def row_nll(params, images, inputs, targets):
-        logits = model.apply({"params": params}, model_fns.model_images(images), inputs)
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+        logits = model_fns.predict_logits(params, model, images, inputs)
+        return model_fns.token_xent(logits, targets)
 
     test_images, test_rows, test_candidates = sample(np.random.default_rng(99), 200, args.objects)
 
